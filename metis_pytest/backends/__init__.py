@@ -1,0 +1,65 @@
+"""Backends by name: ``api`` (LiteLLM providers), ``openai`` (any OpenAI-compatible URL), ``local``
+(the embedded llama.cpp server). Register another with :func:`register_backend`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from metis_pytest.backends.base import Backend, ModelTarget
+
+if TYPE_CHECKING:
+    from metis_pytest.options import MetisConfig
+
+_REGISTRY: dict[str, Callable[[], Backend]] = {}
+B = TypeVar("B")
+
+
+def register_backend(name: str) -> Callable[[B], B]:
+    """Class decorator: make a backend selectable as ``--backend NAME``. Returns the class unchanged."""
+
+    def deco(cls: B) -> B:
+        _REGISTRY[name] = cls  # type: ignore[assignment]
+        return cls
+
+    return deco
+
+
+def get_backend(name: str) -> Backend:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def backend_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def choose_backend(model: str, config: MetisConfig) -> str:
+    """``--backend`` if given; else local for 'local', openai when --api-base is set, api otherwise."""
+    from metis_pytest.options import LOCAL_MODEL
+
+    if config.backend:
+        return config.backend
+    if model == LOCAL_MODEL:
+        return "local"
+    if config.api_base:
+        return "openai"
+    return "api"
+
+
+def resolve_target(model: str, config: MetisConfig) -> ModelTarget:
+    """The :class:`ModelTarget` for one ``--model`` value under the session's options."""
+    return get_backend(choose_backend(model, config)).target(model, config)
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register_backend decorators.
+    from metis_pytest.backends import api, local, openai_compat  # noqa: F401
+
+
+__all__ = ["Backend", "ModelTarget", "register_backend", "get_backend", "backend_names", "choose_backend",
+           "resolve_target"]

@@ -1,0 +1,469 @@
+"""Run llama-cpp-python's OpenAI-compatible server as a subprocess.
+
+:class:`LocalServer` owns one ``python -m llama_cpp.server`` process.
+:class:`SharedLocalServer` lets several pytest-xdist workers share one such
+process, reference-counted through a JSON state file guarded by a file lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from filelock import FileLock
+
+__all__ = [
+    "LocalServer",
+    "LocalServerError",
+    "ServerInfo",
+    "SharedLocalServer",
+    "default_n_threads",
+    "health_check",
+    "log_tail",
+    "pid_alive",
+    "process_cmdline",
+    "process_start_time",
+    "stop_pid",
+]
+
+LOG_TAIL_LINES = 40
+_SERVER_MODULE = "llama_cpp.server"
+# urllib must not route loopback health checks through an HTTP(S)_PROXY.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class LocalServerError(RuntimeError):
+    """The local model server failed to start or to answer its health check."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def default_n_threads() -> int:
+    """Number of CPU cores this process may run on (affinity-aware)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
+def _free_port(host: str) -> int:
+    """Ask the OS for a currently free TCP port on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _client_host(host: str) -> str:
+    """Address to connect to for a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Last ``lines`` lines of a log file ('' if it does not exist)."""
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except OSError:
+        return ""
+
+
+def health_check(base_url: str, alias: str | None, timeout: float = 2.0) -> bool:
+    """True if ``GET {base_url}/models`` answers 200 and lists ``alias`` (if given)."""
+    try:
+        with _OPENER.open(f"{base_url}/models", timeout=timeout) as resp:
+            if resp.status != 200:
+                return False
+            payload = json.loads(resp.read().decode("utf-8"))
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+    if alias is None:
+        return True
+    models = payload.get("data") if isinstance(payload, dict) else None
+    return any(isinstance(m, dict) and m.get("id") == alias for m in models or [])
+
+
+def _proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the ``(comm)`` field, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    fields = _proc_stat_fields(pid)
+    return not (fields and fields[0] in ("Z", "X"))
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of ``pid`` (clock ticks since boot), to detect PID reuse."""
+    fields = _proc_stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def process_cmdline(pid: int) -> list[str]:
+    """Argument vector of ``pid`` from /proc ([] if unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL. No-op if already gone."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            return
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- LocalServer
+
+
+class LocalServer:
+    """One ``python -m llama_cpp.server`` subprocess serving a GGUF file.
+
+    The process is started in its own session so it survives the (xdist worker)
+    process that launched it; :meth:`stop` ends it by PID.
+    """
+
+    def __init__(
+        self,
+        gguf: Path,
+        *,
+        log_path: Path,
+        alias: str,
+        n_threads: int | None = None,
+        n_ctx: int = 4096,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        chat_format: str | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.gguf = Path(gguf)
+        self.log_path = Path(log_path)
+        self.alias = alias
+        self.n_threads = n_threads if n_threads is not None else default_n_threads()
+        self.n_ctx = n_ctx
+        self.host = host
+        self._port = port
+        self.chat_format = chat_format
+        self.startup_timeout = startup_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    # ---- properties
+
+    @property
+    def port(self) -> int:
+        """TCP port (chosen on first access when not given)."""
+        if self._port is None:
+            self._port = _free_port(self.host)
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"http://{_client_host(self.host)}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server process, or None when not started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the started process has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # ---- process control
+
+    def _command(self) -> list[str]:
+        """Command line of the server (overridden in tests with a fake server)."""
+        cmd = [
+            sys.executable, "-m", _SERVER_MODULE,
+            "--model", str(self.gguf),
+            "--model_alias", self.alias,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
+            "--n_ctx", str(self.n_ctx),
+            "--use_mlock", "false",
+        ]  # fmt: skip
+        if self.chat_format:
+            cmd += ["--chat_format", self.chat_format]
+        return cmd
+
+    def _spawn(self) -> None:
+        """Launch the process with stdout/stderr appended to ``log_path``."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+
+    def _fail(self, reason: str) -> LocalServerError:
+        """Build an error carrying the log tail."""
+        tail = log_tail(self.log_path)
+        return LocalServerError(
+            f"local model server {reason} (log: {self.log_path}); last {LOG_TAIL_LINES} lines:\n{tail}"
+        )
+
+    def _wait_healthy(self) -> None:
+        """Poll the health check until it passes, the process dies, or time runs out."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise self._fail(f"exited with code {code} during startup")
+            if health_check(self.base_url, self.alias):
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self._fail(f"not healthy after {self.startup_timeout:.0f}s at {self.base_url}")
+            time.sleep(0.2)
+
+    def start(self) -> LocalServer:
+        """Start the server and block until ``/v1/models`` lists ``alias``."""
+        if self.running:
+            return self
+        started = time.monotonic()
+        self._spawn()
+        self._wait_healthy()
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate by PID (SIGTERM, then SIGKILL after ``timeout`` s). Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+
+    def reap_in_background(self) -> None:
+        """Reap the process in a daemon thread once it exits, whoever stops it.
+
+        A shared server may be killed by another process (by PID); without this
+        it would linger as a zombie child and its ``Popen`` would emit a
+        ``ResourceWarning`` when garbage-collected.
+        """
+        proc = self._proc
+        if proc is not None:
+            threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- shared server
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where a (shared) local server listens."""
+
+    base_url: str
+    pid: int
+    port: int
+
+
+class SharedLocalServer:
+    """One local server shared by several processes (pytest-xdist workers).
+
+    State lives in ``state_dir/local-server.json`` (``pid``, ``port``,
+    ``base_url``, ``alias``, ``start_time``, ``users``) and is only touched
+    under ``FileLock(state_dir/local-server.lock)``.  The first
+    :meth:`acquire` starts the server via ``factory``; the last :meth:`release`
+    stops it.
+    """
+
+    STATE_NAME = "local-server.json"
+    LOCK_NAME = "local-server.lock"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        factory: Callable[[], LocalServer],
+        *,
+        lock_timeout: float = 600.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.factory = factory
+        self.lock_timeout = lock_timeout
+        self._owned: LocalServer | None = None
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir / self.STATE_NAME
+
+    def _lock(self) -> FileLock:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.state_dir / self.LOCK_NAME), timeout=self.lock_timeout)
+
+    # ---- state file
+
+    def _read_state(self) -> dict | None:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.state_path.with_name(f"{self.STATE_NAME}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    # ---- liveness
+
+    @staticmethod
+    def _same_process(state: dict) -> bool:
+        """The recorded PID is alive and is still the process we recorded (no PID reuse)."""
+        pid = int(state["pid"])
+        if not pid_alive(pid):
+            return False
+        recorded = state.get("start_time")
+        return recorded is None or process_start_time(pid) == recorded
+
+    def _usable(self, state: dict | None) -> bool:
+        return (
+            state is not None
+            and self._same_process(state)
+            and health_check(str(state.get("base_url")), state.get("alias"))
+        )
+
+    def _stop_recorded(self, state: dict) -> None:
+        """Stop the server in ``state`` if it is still that process."""
+        pid = int(state["pid"])
+        if self._owned is not None and self._owned.pid == pid:
+            self._owned.stop()  # our child: stop() also reaps it
+            self._owned = None
+        elif self._same_process(state):
+            stop_pid(pid)
+
+    # ---- public API
+
+    def acquire(self) -> ServerInfo:
+        """Join the running shared server, starting one if none is usable."""
+        with self._lock():
+            state = self._read_state()
+            if self._usable(state):
+                assert state is not None
+                state["users"] = int(state.get("users", 0)) + 1
+            else:
+                if state is not None:
+                    self._stop_recorded(state)  # stale or hung
+                state = self._start_new()
+            self._write_state(state)
+            return ServerInfo(base_url=state["base_url"], pid=state["pid"], port=state["port"])
+
+    def _start_new(self) -> dict:
+        server = self.factory()
+        server.start()
+        assert server.pid is not None
+        server.reap_in_background()
+        self._owned = server
+        return {
+            "pid": server.pid,
+            "port": server.port,
+            "base_url": server.base_url,
+            "alias": server.alias,
+            "start_time": process_start_time(server.pid),
+            "users": 1,
+        }
+
+    def release(self) -> None:
+        """Leave the shared server; the last user stops it and removes the state."""
+        with self._lock():
+            state = self._read_state()
+            if state is None:
+                return
+            state["users"] = int(state.get("users", 1)) - 1
+            if state["users"] > 0:
+                self._write_state(state)
+                return
+            self._stop_recorded(state)
+            self.state_path.unlink(missing_ok=True)
+
+    def force_stop(self) -> bool:
+        """Safety net: stop the recorded server regardless of ``users``.
+
+        Only a live process whose /proc cmdline contains ``llama_cpp.server`` is
+        signalled; nothing else is ever killed.  Returns True if one was stopped.
+        """
+        with self._lock():
+            state = self._read_state()
+            if state is None:
+                return False
+            self.state_path.unlink(missing_ok=True)
+            pid = int(state["pid"])
+            if not self._same_process(state):
+                return False
+            if not any(_SERVER_MODULE in arg for arg in process_cmdline(pid)):
+                return False
+            if self._owned is not None and self._owned.pid == pid:
+                self._owned.stop()
+                self._owned = None
+            else:
+                stop_pid(pid)
+            return True

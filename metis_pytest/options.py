@@ -1,0 +1,165 @@
+"""Command-line options of the Metis plugin, each with an ini twin, parsed into one frozen config.
+
+Every option lives in the ``metis`` group. A command-line value wins over the ini value, which wins
+over the default. Configuration travels in :class:`MetisConfig`, never through ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BACKENDS = ("api", "openai", "local", "modal")
+LOCAL_MODEL = "local"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flag, ini name, help text, how to parse it, and its default."""
+
+    flag: str
+    ini: str
+    help: str
+    default: Any = None
+    kind: str = "string"  # "string" | "int" | "float" | "list" | "bool"
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--model", "metis_model",
+           "Model to evaluate; repeat the flag or give a comma list, one test item per model. "
+           "'local' (the default) is the embedded SmolLM2-135M; otherwise a LiteLLM name such as "
+           "'openai/gpt-4o-mini', or a served model name with --backend openai.",
+           default=(), kind="list"),
+    Option("--backend", "metis_backend",
+           "How to reach the models: api (LiteLLM provider, key from the environment), openai (any "
+           "OpenAI-compatible --api-base such as vLLM or llama.cpp), local (embedded llama.cpp), modal. "
+           "Default: local for 'local', openai when --api-base is given, api otherwise.",
+           choices=BACKENDS),
+    Option("--api-base", "metis_api_base",
+           "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    Option("--api-key-env", "metis_api_key_env",
+           "Name of the environment variable that holds the key for --api-base (never the key itself)."),
+    Option("--judge-model", "metis_judge_model",
+           "Model used by LLM-judged benchmarks (ACE, HelpSteer). GSM8K does not use a judge."),
+    Option("--runs", "metis_runs", "Independent runs of every row (for mean and std across runs).",
+           default=1, kind="int"),
+    Option("--max-rows", "metis_max_rows", "Evaluate only the first N rows of each benchmark.",
+           kind="int"),
+    Option("--concurrency", "metis_concurrency", "Rollouts in flight at once inside one test item.",
+           default=8, kind="int"),
+    Option("--output-dir", "metis_output_dir", "Where run records are written.", default="runs"),
+    Option("--temperature", "metis_temperature", "Sampling temperature sent with every request.",
+           default=0.0, kind="float"),
+    Option("--max-tokens", "metis_max_tokens", "Completion token limit sent with every request.",
+           default=512, kind="int"),
+    Option("--request-timeout", "metis_request_timeout", "Seconds before one model request times out.",
+           default=120.0, kind="float"),
+    Option("--max-retries", "metis_max_retries",
+           "Retries (with exponential backoff) of a request that failed with 429, 5xx, a timeout or a "
+           "broken connection. A row that still fails is recorded as errored, never scored 0.",
+           default=4, kind="int"),
+    Option("--max-error-rate", "metis_max_error_rate",
+           "Fail the benchmark's test item when more than this fraction of its rows errored.",
+           default=0.0, kind="float"),
+    Option("--dataset", "metis_dataset",
+           "Where a benchmark reads its rows: a local file, or 'hf' for the Hugging Face Hub. "
+           "Default: the benchmark's own default (see its README)."),
+    Option("--local-model", "metis_local_model",
+           "GGUF for the embedded server: a path, or hf:OWNER/REPO/FILE.gguf. Default: SmolLM2-135M-Instruct."),
+    Option("--allow-network", "metis_allow_network",
+           "Run evaluations marked metis_network (they reach the internet); skipped otherwise.",
+           default=False, kind="bool"),
+    Option("--ep-upload", "metis_ep_upload",
+           "Let Eval Protocol save and upload experiment files to Fireworks (off by default).",
+           default=False, kind="bool"),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option and its ini twin in one ``metis`` group."""
+    group = parser.getgroup("metis", "Metis evaluation harness")
+    for opt in OPTIONS:
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
+            parser.addini(opt.ini, f"ini twin of {opt.flag}", type="bool", default=opt.default)
+            continue
+        action = "append" if opt.kind == "list" else "store"
+        group.addoption(opt.flag, action=action, default=None, dest=opt.ini, choices=opt.choices,
+                        help=f"{opt.help} [ini: {opt.ini}]")
+        parser.addini(opt.ini, f"ini twin of {opt.flag}", type="linelist" if opt.kind == "list" else "string",
+                      default=list(opt.default) if opt.kind == "list" else None)
+
+
+def _parse(opt: Option, raw: Any) -> Any:
+    if raw is None or raw == "" or raw == []:
+        return opt.default
+    if opt.kind == "list":
+        items = [part.strip() for value in raw for part in str(value).split(",")]
+        return tuple(item for item in items if item)
+    if opt.kind == "bool":
+        return bool(raw)
+    try:
+        if opt.kind == "int":
+            return int(raw)
+        if opt.kind == "float":
+            return float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: expected a number, got {raw!r}") from None
+    if opt.choices and raw not in opt.choices:
+        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: {raw!r} is not one of {', '.join(opt.choices)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class MetisConfig:
+    """Everything the options say, parsed and validated once per session."""
+
+    models: tuple[str, ...] = (LOCAL_MODEL,)
+    backend: str | None = None
+    api_base: str | None = None
+    api_key_env: str | None = None
+    judge_model: str | None = None
+    runs: int = 1
+    max_rows: int | None = None
+    concurrency: int = 8
+    output_dir: Path = Path("runs")
+    temperature: float = 0.0
+    max_tokens: int = 512
+    request_timeout: float = 120.0
+    max_retries: int = 4
+    max_error_rate: float = 0.0
+    dataset: str | None = None
+    local_model: str | None = None
+    allow_network: bool = False
+    ep_upload: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise pytest.UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise pytest.UsageError("--max-rows must be at least 1")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise pytest.UsageError("--max-error-rate must be between 0 and 1")
+        if self.max_retries < 0:
+            raise pytest.UsageError("--max-retries must be 0 or more")
+
+
+def read_config(config: pytest.Config) -> MetisConfig:
+    """Read every option (command line first, then ini) into a :class:`MetisConfig`."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = config.getoption(opt.ini)
+        if raw is None or raw == []:
+            raw = config.getini(opt.ini)
+        values[opt.ini.removeprefix("metis_")] = _parse(opt, raw)
+    models = values.pop("model") or (LOCAL_MODEL,)
+    out = Path(values.pop("output_dir"))
+    if not out.is_absolute():
+        out = Path(config.invocation_params.dir) / out
+    return MetisConfig(models=models, output_dir=out, **values)

@@ -1,0 +1,25 @@
+"""Shared helpers for the harness's own tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets() -> Path:
+    """``../shared/datasets`` beside the checkout (override with METIS_SHARED_DATASETS)."""
+    return Path(os.environ.get("METIS_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    path = shared_datasets()
+    if not path.is_dir():
+        pytest.skip(f"real benchmark data not found at {path} (set METIS_SHARED_DATASETS)")
+    return path

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from metis_pytest.backends.base import ModelTarget
 
@@ -87,10 +88,11 @@ async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload
                     timeout: float) -> Completion:
     """One POST to ``{api_base}/chat/completions``; raises :class:`RequestFailed` on any failure."""
     headers = {"Content-Type": "application/json"}
+    url = URL(f"{(target.api_base or '').rstrip('/')}/chat/completions")
     key = target.api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    url = f"{(target.api_base or '').rstrip('/')}/chat/completions"
+        url = url.with_user(None)  # a key wins over credentials in the URL (aiohttp refuses both)
     try:
         async with session.post(url, json=payload, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:

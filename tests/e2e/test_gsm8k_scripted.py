@@ -1,0 +1,131 @@
+"""GSM8K end to end against the scripted OpenAI-compatible server: scores, records, faults, xdist, secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metis_pytest.testing import Fault, ScriptedServer
+from tests.e2e.conftest import ep_store_text, last_user, read_jsonl, smoke_golds
+
+GOLDS = smoke_golds()
+
+
+def correct(body: dict[str, Any]) -> str:
+    return f"<think>working</think>\n<answer>{GOLDS[last_user(body)]}</answer>"
+
+
+def openai_args(server: ScriptedServer, *models: str) -> list[str]:
+    args = ["--backend", "openai", "--api-base", server.base_url]
+    for model in models or ("scripted",):
+        args += ["--model", model]
+    return args
+
+
+def summary(out: Path, model: str = "scripted") -> dict[str, Any]:
+    return json.loads((out / "gsm8k" / model / "summary.json").read_text())
+
+
+def test_scores_every_row_and_writes_the_run_record(scripted_llm_factory, run_eval) -> None:
+    server = scripted_llm_factory(default=correct)
+    result = run_eval(*openai_args(server), "--max-tokens", "77", "--temperature", "0.3")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_gsm8k?scripted? PASSED*", "*gsm8k [[]scripted[]] answer_tag=1.000*n=12*"]
+                                if False else ["*gsm8k [[]scripted[]] answer_tag=1.000*(n=12, errored=0)*"])
+    s = summary(run_eval.out)
+    assert (s["score"], s["n"], s["n_errored"]) == (1.0, 12, 0)
+    assert s["metrics"]["strict_match"]["mean"] == 0.0 and s["metrics"]["flexible_extract"]["mean"] == 1.0
+    assert s["benchmark_version"] == "1.0.0" and s["dataset"]["id"] == "file:gsm8k_smoke.jsonl"
+    assert s["prompt_hash"] and s["completion_params"]["max_tokens"] == 77
+    rows = read_jsonl(run_eval.out / "gsm8k" / "scripted" / "rows.jsonl")
+    assert len(rows) == 12 and all(r["status"] == "scored" and r["score"] == 1.0 for r in rows)
+    # Every completion param reached the server; the reference answer never did.
+    bodies = [r.body for r in server.requests]
+    assert all(b["max_tokens"] == 77 and b["temperature"] == 0.3 and b["model"] == "scripted" for b in bodies)
+    assert all([m["role"] for m in b["messages"]] == ["system", "user"] for b in bodies)
+    # Rows are in Eval Protocol's store, where `ep logs` reads them.
+    assert "gsm8k-gsm8k_smoke-00011" in ep_store_text(run_eval.home)
+
+
+def test_one_item_per_model(scripted_llm_factory, run_eval) -> None:
+    server = scripted_llm_factory(default=correct)
+    result = run_eval(*openai_args(server, "model-a", "model-b,model-c"), "--co", "-q")
+    result.stdout.fnmatch_lines(["*test_gsm8k[[]model-a[]]", "*test_gsm8k[[]model-b[]]", "*test_gsm8k[[]model-c[]]"])
+
+
+def test_transient_faults_are_retried_and_no_row_is_lost(scripted_llm_factory, run_eval) -> None:
+    faults = [Fault("status", status=429, retry_after=0.01, first_n=3),
+              Fault("status", status=503, at={5}),
+              Fault("malformed", at={6}),
+              Fault("disconnect", at={7}),
+              Fault("timeout", at={8}, hang_s=5.0)]
+    server = scripted_llm_factory(default=correct, faults=faults)
+    result = run_eval(*openai_args(server), "--request-timeout", "1", "--concurrency", "1")
+    result.assert_outcomes(passed=1)
+    s = summary(run_eval.out)
+    assert (s["score"], s["n"], s["n_errored"]) == (1.0, 12, 0)
+    assert server.request_count == 12 + 7
+
+
+def test_rows_that_keep_failing_are_errored_not_scored(scripted_llm_factory, run_eval) -> None:
+    dead = "A tank holds 80 litres"
+    faults = [Fault("status", status=500, when=lambda i, body: dead in last_user(body))]
+    server = scripted_llm_factory(default=correct, faults=faults)
+    result = run_eval(*openai_args(server), "--max-retries", "1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*gsm8k [[]scripted[]]: 1 of 12 rows errored after retries*"])
+    s = summary(run_eval.out)
+    assert (s["score"], s["n"], s["n_errored"], s["n_retryable"]) == (1.0, 11, 1, 1)
+    rows = read_jsonl(run_eval.out / "gsm8k" / "scripted" / "rows.jsonl")
+    errored = [r for r in rows if r["status"] == "errored"]
+    assert len(rows) == 12 and len(errored) == 1
+    assert errored[0]["score"] is None and "HTTP 500" in errored[0]["error"]["message"]
+    assert errored[0]["error"]["retryable"] is True and errored[0]["error"]["attempts"] == 2
+    # the same run passes when the user accepts some errored rows
+    assert run_eval(*openai_args(server), "--max-retries", "0", "--max-error-rate", "0.1").ret == 0
+
+
+def test_bad_request_is_not_retried(scripted_llm_factory, run_eval) -> None:
+    server = scripted_llm_factory(default=correct, faults=[Fault("status", status=400, at={0})])
+    result = run_eval(*openai_args(server), "--concurrency", "1", "--max-error-rate", "0.5")
+    result.assert_outcomes(passed=1)
+    assert server.request_count == 12
+    assert summary(run_eval.out)["n_errored"] == 1
+
+
+def test_xdist_workers_write_rows_and_the_controller_merges_one_summary(scripted_llm_factory, run_eval) -> None:
+    server = scripted_llm_factory(default=correct)
+    result = run_eval(*openai_args(server, "model-a", "model-b"), "-n", "2")
+    result.assert_outcomes(passed=2)
+    for model in ("model-a", "model-b"):
+        s = summary(run_eval.out, model)
+        assert (s["score"], s["n"]) == (1.0, 12)
+        assert set(s["workers"]) <= {"gw0", "gw1"} and len(s["workers"]) == 1
+        assert not list((run_eval.out / "gsm8k" / model / ".parts").rglob("*.jsonl"))
+    result.stdout.fnmatch_lines(["*gsm8k [[]model-a[]] answer_tag=1.000*", "*gsm8k [[]model-b[]] answer_tag=1.000*"])
+
+
+def test_no_secret_reaches_ids_records_logs_or_the_store(scripted_llm_factory, run_eval, monkeypatch) -> None:
+    key, password = "sk-metis-TEST-SECRET-0042", "hunter2-TEST-SECRET"
+    monkeypatch.setenv("METIS_TEST_KEY", key)
+    server = scripted_llm_factory(default=correct)
+    base = server.base_url.replace("http://", f"http://metis:{password}@")
+    result = run_eval("--backend", "openai", "--api-base", base, "--api-key-env", "METIS_TEST_KEY",
+                      "--model", "scripted", "-v", "-rA")
+    result.assert_outcomes(passed=1)
+    assert server.requests[0].headers.get("Authorization") == f"Bearer {key}"  # the key was used ...
+    seen = [result.stdout.str(), result.stderr.str(), ep_store_text(run_eval.home)]
+    seen += [p.read_text(errors="replace") for p in run_eval.out.rglob("*") if p.is_file()]
+    seen += [p.read_text(errors="replace") for p in (run_eval.home / ".eval_protocol").rglob("*.json*")]
+    for text in seen:  # ... and appears nowhere else
+        assert key not in text and password not in text
+
+
+def test_api_model_without_its_key_is_skipped_with_the_variable_named(run_eval, monkeypatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = run_eval("--model", "anthropic/claude-3-5-haiku-latest", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*needs ANTHROPIC_API_KEY (not set in the environment)*"])

@@ -129,3 +129,45 @@ def test_api_model_without_its_key_is_skipped_with_the_variable_named(run_eval, 
     result = run_eval("--model", "anthropic/claude-3-5-haiku-latest", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*needs ANTHROPIC_API_KEY (not set in the environment)*"])
+
+
+def test_ep_logs_dashboard_serves_the_rows(scripted_llm_factory, run_eval, tmp_path) -> None:
+    """`ep logs` (Eval Protocol's dashboard) reads the same store and hands the rows to its UI."""
+    import asyncio
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import websockets
+
+    server = scripted_llm_factory(default=correct)
+    run_eval(*openai_args(server)).assert_outcomes(passed=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HOME": str(run_eval.home), "FIREWORKS_API_KEY": "dummy-not-a-key",
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    ep = Path(sys.executable).with_name("ep")
+    log = (tmp_path / "ep-logs.out").open("w")
+    proc = subprocess.Popen([str(ep), "logs", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    async def fetch_rows() -> list[dict[str, Any]]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 20))["logs"]
+
+    try:
+        deadline, rows = time.monotonic() + 90, None
+        while rows is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                rows = asyncio.run(fetch_rows())
+            except OSError:
+                time.sleep(0.5)
+        assert rows is not None, (tmp_path / "ep-logs.out").read_text()[-2000:]
+        ids = {r["input_metadata"]["row_id"] for r in rows}
+        assert {f"gsm8k-gsm8k_smoke-{i:05d}" for i in range(12)} <= ids
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()

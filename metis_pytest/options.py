@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-BACKENDS = ("api", "openai", "local", "modal")
+BACKENDS = ("api", "openai", "local")
 LOCAL_MODEL = "local"
 
 
@@ -36,7 +36,7 @@ OPTIONS: tuple[Option, ...] = (
            default=(), kind="list"),
     Option("--backend", "metis_backend",
            "How to reach the models: api (LiteLLM provider, key from the environment), openai (any "
-           "OpenAI-compatible --api-base such as vLLM or llama.cpp), local (embedded llama.cpp), modal. "
+           "OpenAI-compatible --api-base such as vLLM or llama.cpp), local (embedded llama.cpp). "
            "Default: local for 'local', openai when --api-base is given, api otherwise.",
            choices=BACKENDS),
     Option("--api-base", "metis_api_base",
@@ -90,8 +90,10 @@ def add_options(parser: pytest.Parser) -> None:
         action = "append" if opt.kind == "list" else "store"
         group.addoption(opt.flag, action=action, default=None, dest=opt.ini, choices=opt.choices,
                         help=f"{opt.help} [ini: {opt.ini}]")
-        parser.addini(opt.ini, f"ini twin of {opt.flag}", type="linelist" if opt.kind == "list" else "string",
-                      default=list(opt.default) if opt.kind == "list" else None)
+        if opt.kind == "list":
+            parser.addini(opt.ini, f"ini twin of {opt.flag}", type="linelist", default=list(opt.default))
+        else:
+            parser.addini(opt.ini, f"ini twin of {opt.flag}", type="string", default=None)
 
 
 def _parse(opt: Option, raw: Any) -> Any:

@@ -91,7 +91,7 @@ class Reply:
     finish_reason: str | None = None
 
 
-ReplySpec = Union[str, Reply, Callable[[JSON], Union[str, Reply, Awaitable[Union[str, Reply]]]]]
+ReplySpec = Union[str, Reply, Callable[[JSON], str | Reply | Awaitable[str | Reply]]]
 """A plain string (the assistant content), a :class:`Reply`, or a callable that takes the
 request JSON and returns either (it may be ``async``; it runs on the server's loop)."""
 
@@ -122,6 +122,7 @@ class Rule:
             return True
         if isinstance(self.match, re.Pattern):
             return self.match.search(last_user_text(body)) is not None
+        assert callable(self.match)  # a str was compiled to a Pattern in __post_init__
         return bool(self.match(body))
 
 
@@ -258,7 +259,7 @@ def token_logprobs(content: str | None, top_k: int) -> JSON:
             for j in range(top_k)
         ]
         for alt in top:
-            alt["bytes"] = list(alt["token"].encode())
+            alt["bytes"] = list(str(alt["token"]).encode())
         entries.append({"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top})
     return {"content": entries, "refusal": None}
 

@@ -327,7 +327,7 @@ def test_context_manager_start_stop() -> None:
         assert server.base_url == f"http://127.0.0.1:{port}/v1"
         assert ask(server).choices[0].message.content == "ctx"
     with pytest.raises(RuntimeError):
-        server.port
+        _ = server.port
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     server.stop()  # idempotent

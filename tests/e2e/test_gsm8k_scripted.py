@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from metis_pytest.testing import Fault, ScriptedServer
 from tests.e2e.conftest import ep_store_text, last_user, read_jsonl, smoke_golds
 

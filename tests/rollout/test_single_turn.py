@@ -9,7 +9,7 @@ import pytest
 from eval_protocol.models import EvaluationRow, Message
 from eval_protocol.pytest.types import RolloutProcessorConfig
 
-from metis_pytest.rollout.http import RetryPolicy, build_payload, parse_completion, RequestFailed
+from metis_pytest.rollout.http import RequestFailed, RetryPolicy, build_payload, parse_completion
 from metis_pytest.rollout.single_turn import SingleTurnProcessor, request_messages, target_from_params
 from metis_pytest.testing import Fault, Reply
 

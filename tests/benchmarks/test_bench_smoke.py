@@ -1,0 +1,64 @@
+"""Smoke tests for the benchmark scripts: they run end to end and write well-formed results.
+
+These check structure and completeness only, never timings (the machine running the tests is
+not a benchmark machine). Together they take about 30 s on a 2-core machine (each spawns several
+fresh interpreters that import Eval Protocol and LiteLLM), hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_script(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", EP_NO_UPLOAD="1")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_bench_rollout_tiny(tmp_path: Path) -> None:
+    rows = 20
+    proc = run_script("bench_rollout.py", "--rows", str(rows), "--latency", "0.01", "--concurrency", "4",
+                      "--repeats", "1", "--out", str(tmp_path))
+    assert "metis / bare-aiohttp" in proc.stdout
+    report = json.loads((tmp_path / "rollout.json").read_text())
+    assert (tmp_path / "rollout.png").stat().st_size > 0
+    assert report["parameters"]["rows"] == rows
+    assert {"cpu_count", "python", "packages"} <= report["machine"].keys()
+    variants = report["summary"]["variants"]
+    assert set(variants) == {"metis", "ep-stock", "bare-aiohttp"}
+    for name, summary in variants.items():
+        assert not summary["failed"], (name, summary["problems"])
+        assert summary["wall_median_s"] > 0
+    assert len(report["runs"]) == 3
+    for run in report["runs"]:
+        assert run["rows"] == rows and run["rows_scored"] == rows and run["rows_errored"] == 0, run
+        assert run["rows_expected_answer"] == rows, run
+        assert run["peak_rss_mb"] > 0 and run["import_s"] >= 0
+
+
+def test_bench_plugin_load_structure(tmp_path: Path) -> None:
+    run_script("bench_plugin_load.py", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "plugin_load.json").read_text())
+    assert (tmp_path / "plugin_load.png").stat().st_size > 0
+    configs = report["summary"]["configs"]
+    assert set(configs) == {"bare", "metis-only", "ep-only", "both"}
+    for name, config in configs.items():
+        assert config["failed_runs"] == 0 and config["median_s"] > 0, (name, report["runs"])
+    assert {"ours_median", "eval_protocol_median"} <= report["summary"]["deltas_s"].keys()
+    imports = report["plugin_imports"]
+    assert isinstance(imports["heavy_modules_loaded"], list)
+    assert imports["importtime"]["top_cumulative"]

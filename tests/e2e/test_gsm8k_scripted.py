@@ -31,8 +31,7 @@ def test_scores_every_row_and_writes_the_run_record(scripted_llm_factory, run_ev
     server = scripted_llm_factory(default=correct)
     result = run_eval(*openai_args(server), "--max-tokens", "77", "--temperature", "0.3")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*test_gsm8k?scripted? PASSED*", "*gsm8k [[]scripted[]] answer_tag=1.000*n=12*"]
-                                if False else ["*gsm8k [[]scripted[]] answer_tag=1.000*(n=12, errored=0)*"])
+    result.stdout.fnmatch_lines(["*gsm8k [[]scripted[]] answer_tag=1.000*(n=12, errored=0)*"])
     s = summary(run_eval.out)
     assert (s["score"], s["n"], s["n_errored"]) == (1.0, 12, 0)
     assert s["metrics"]["strict_match"]["mean"] == 0.0 and s["metrics"]["flexible_extract"]["mean"] == 1.0

@@ -31,7 +31,7 @@ from eval_protocol.pytest.evaluation_test import evaluation_test as _ep_evaluati
 
 from metis_pytest import session as metis_session
 from metis_pytest.rollout.http import RetryPolicy
-from metis_pytest.rollout.single_turn import SingleTurnProcessor
+from metis_pytest.rollout.single_turn import SingleTurnProcessor, StoredCompletion
 from metis_pytest.store.runs import RowRecord, SummaryContext
 
 RowFunction = Callable[[EvaluationRow], Any]
@@ -80,15 +80,38 @@ def _errored_result(row: EvaluationRow) -> EvaluateResult:
                           reason=f"rollout errored, not scored: {row.rollout_status.message}")
 
 
+def _context(bench: Benchmark, session: metis_session.MetisSession, params: dict[str, Any]) -> SummaryContext:
+    """The conditions a row of ``bench`` runs under: what makes two runs' rows comparable."""
+    source = _source(bench, session)
+    return SummaryContext(
+        benchmark=bench.name, benchmark_version=bench.version, model=session.label_for(params),
+        completion_params=dict(params), dataset_id=bench.dataset_id(source),
+        dataset_revision=bench.dataset_revision(source), prompt_hash=bench.prompt_hash,
+        primary_metric=bench.primary_metric)
+
+
+def _replay(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], StoredCompletion | None]:
+    """``--resume``: hand the processor a completion stored under the same conditions, if any."""
+
+    def replay(params: dict[str, Any], row: EvaluationRow) -> StoredCompletion | None:
+        session = metis_session.current()
+        if not session.cfg.resume:
+            return None
+        record = session.resume.take(_context(bench, session, params), str(row.input_metadata.row_id))
+        if record is None or record.completion is None:
+            return None
+        return StoredCompletion(content=record.completion, finish_reason=record.finish_reason, usage=record.usage,
+                                source=record.run_id)
+
+    return replay
+
+
 def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSession, errored: bool) -> None:
     params = row.input_metadata.completion_params or {}
     label = session.label_for(params)
-    session.store.write_context_once(SummaryContext(
-        benchmark=bench.name, benchmark_version=bench.version, model=label, completion_params=dict(params),
-        dataset_id=bench.dataset_id(_source(bench, session)),
-        dataset_revision=bench.dataset_revision(_source(bench, session)), prompt_hash=bench.prompt_hash,
-        primary_metric=bench.primary_metric))
+    session.store.write_context_once(_context(bench, session, params))
     result = row.evaluation_result
+    resumed = (row.execution_metadata.extra or {}).get("resumed_from")
     usage = row.execution_metadata.usage
     record = RowRecord(
         benchmark=bench.name, model=label, row_id=str(row.input_metadata.row_id),
@@ -103,6 +126,7 @@ def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSe
         finish_reason=row.execution_metadata.finish_reason,
         usage=usage.model_dump() if usage is not None else None,
         rollout_seconds=row.execution_metadata.rollout_duration_seconds,
+        metadata={"resumed_from": resumed} if resumed else {},
     )
     session.store.append(record)
 
@@ -144,11 +168,13 @@ def evaluation_test(bench: Benchmark, **ep_kwargs: Any) -> Callable[[RowFunction
     """Eval Protocol's ``@evaluation_test`` wired to the Metis session (see the module docstring)."""
     session = metis_session.current()
     cfg = session.cfg
-    processor = SingleTurnProcessor(
-        resolver=session.runtime_target,
-        policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout))
 
     def decorate(fn: RowFunction) -> Any:
+        processor = SingleTurnProcessor(
+            resolver=session.runtime_target,
+            policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout),
+            replay=_replay(bench))
+
         @functools.wraps(fn)
         async def row_function(row: EvaluationRow) -> EvaluationRow:
             errored = row.rollout_status.is_error()

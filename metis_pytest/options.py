@@ -70,6 +70,11 @@ OPTIONS: tuple[Option, ...] = (
            "Default: the benchmark's own default (see its README)."),
     Option("--local-model", "metis_local_model",
            "GGUF for the embedded server: a path, or hf:OWNER/REPO/FILE.gguf. Default: SmolLM2-135M-Instruct."),
+    Option("--resume", "metis_resume",
+           "Reuse completions already in the run folder (last merged rows, and rows of runs that died) made "
+           "under the same benchmark version, completion params, dataset revision and prompt; only missing "
+           "and errored rows are sent to the model. Reused completions are scored again.",
+           default=False, kind="bool"),
     Option("--allow-network", "metis_allow_network",
            "Run evaluations marked metis_network (they reach the internet); skipped otherwise.",
            default=False, kind="bool"),
@@ -136,6 +141,7 @@ class MetisConfig:
     max_error_rate: float = 0.0
     dataset: str | None = None
     local_model: str | None = None
+    resume: bool = False
     allow_network: bool = False
     ep_upload: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

@@ -107,7 +107,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metis.store.close()
     if not metis.is_controller:
         return
-    summaries = metis.store.merge()
+    summaries = metis.store.merge(absorb_stale=metis.cfg.resume)
     session.config.stash[_SUMMARIES] = summaries
     if metis.state_dir.exists():
         from metis_pytest.backends.local_server import SharedLocalServer
@@ -133,8 +133,9 @@ def format_summary_line(s: dict[str, Any]) -> str:
     se = "" if s.get("stderr") is None else f" ± {s['stderr']:.3f}"
     others = " ".join(f"{name}={m['mean']:.3f}" for name, m in s.get("metrics", {}).items()
                       if m.get("mean") is not None and name != s.get("primary_metric"))
+    resumed = f", resumed={s['n_resumed']}" if s.get("n_resumed") else ""
     return (f"{s['benchmark']} [{s['model']}] {s.get('primary_metric') or 'score'}={score}{se} "
-            f"(n={s['n']}, errored={s['n_errored']}) {others} -> {s['path']}").replace("  ", " ")
+            f"(n={s['n']}, errored={s['n_errored']}{resumed}) {others} -> {s['path']}").replace("  ", " ")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from metis_pytest.backends import get_backend, resolve_target
 from metis_pytest.backends.base import ModelTarget
 from metis_pytest.options import MetisConfig
+from metis_pytest.store.resume import ResumeIndex
 from metis_pytest.store.runs import RunStore
 
 PLUGIN_NAME = "metis_session"
@@ -31,6 +32,7 @@ class MetisSession:
         self.worker = worker
         self.session_id = session_id or new_session_id()
         self.store = RunStore(cfg.output_dir, self.session_id, worker, repo_dir=repo_dir)
+        self.resume = ResumeIndex(self.store)
         self._targets: dict[str, ModelTarget] = {}
         self._runtime_base: dict[str, str] = {}
         self._lock = threading.Lock()

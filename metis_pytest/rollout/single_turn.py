@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -21,9 +22,21 @@ from eval_protocol.pytest.types import RolloutProcessorConfig
 from openai.types import CompletionUsage
 
 from metis_pytest.backends.base import ModelTarget
-from metis_pytest.rollout.http import RequestFailed, RetryPolicy, complete
+from metis_pytest.rollout.http import Completion, RequestFailed, RetryPolicy, complete
 
 Resolver = Callable[[dict[str, Any]], ModelTarget]
+# Given the public completion params and a row, a completion stored by an earlier run, or None.
+Replay = Callable[[dict[str, Any], EvaluationRow], "StoredCompletion | None"]
+
+
+@dataclass(frozen=True)
+class StoredCompletion:
+    """A completion from an earlier run of the same row under the same conditions (``--resume``)."""
+
+    content: str
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+    source: str | None = None
 
 
 def target_from_params(params: dict[str, Any]) -> ModelTarget:
@@ -59,9 +72,11 @@ def assistant_message(message: dict[str, Any], logprobs: Any) -> Message:
 class SingleTurnProcessor(RolloutProcessor):
     """Eval Protocol ``RolloutProcessor`` that sends each row's conversation once and appends the reply."""
 
-    def __init__(self, *, resolver: Resolver | None = None, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, *, resolver: Resolver | None = None, policy: RetryPolicy | None = None,
+                 replay: Replay | None = None) -> None:
         self.resolver: Resolver = resolver or target_from_params
         self.policy = policy or RetryPolicy()
+        self.replay = replay
         self._sessions: dict[int, aiohttp.ClientSession] = {}
 
     def _http(self) -> aiohttp.ClientSession:
@@ -91,13 +106,18 @@ class SingleTurnProcessor(RolloutProcessor):
         if not row.messages:
             row.rollout_status = Status.rollout_error("row has no messages", {"retryable": False})
             return row
-        messages = request_messages(row)
-        try:
-            completion = await complete(http, target, public, messages, row.tools, self.policy)
-        except RequestFailed as exc:
-            row.rollout_status = Status.rollout_error(str(exc), exc.details())
-            row.execution_metadata.rollout_duration_seconds = time.perf_counter() - start
-            return row
+        stored = self.replay(public, row) if self.replay else None
+        if stored is not None:
+            completion = Completion(message={"role": "assistant", "content": stored.content},
+                                    finish_reason=stored.finish_reason, usage=stored.usage, attempts=0,
+                                    extra={"resumed_from": stored.source})
+        else:
+            try:
+                completion = await complete(http, target, public, request_messages(row), row.tools, self.policy)
+            except RequestFailed as exc:
+                row.rollout_status = Status.rollout_error(str(exc), exc.details())
+                row.execution_metadata.rollout_duration_seconds = time.perf_counter() - start
+                return row
         kept = [m for m in row.messages]
         while kept and kept[-1].role == "assistant":
             kept.pop()
@@ -109,7 +129,7 @@ class SingleTurnProcessor(RolloutProcessor):
             meta.usage = CompletionUsage(prompt_tokens=completion.usage.get("prompt_tokens", 0),
                                          completion_tokens=completion.usage.get("completion_tokens", 0),
                                          total_tokens=completion.usage.get("total_tokens", 0))
-        meta.extra = {**(meta.extra or {}), "attempts": completion.attempts}
+        meta.extra = {**(meta.extra or {}), "attempts": completion.attempts, **completion.extra}
         meta.rollout_duration_seconds = time.perf_counter() - start
         return row
 

@@ -105,6 +105,7 @@ def summarize(records: list[RowRecord]) -> dict[str, Any]:
         by_run.setdefault(r.run_id or "run", []).append(float(r.score or 0.0))
     run_means = [statistics.fmean(v) for v in by_run.values()]
     errored = [r for r in records if r.status == "errored"]
+    resumed = [r for r in scored if (r.metadata or {}).get("resumed_from")]
     return {
         "score": score,
         "stderr": se,
@@ -112,6 +113,7 @@ def summarize(records: list[RowRecord]) -> dict[str, Any]:
         "n_scored": len(scored),
         "n_errored": len(errored),
         "n_retryable": sum(1 for r in errored if (r.error or {}).get("retryable", True)),
+        "n_resumed": len(resumed),
         "metrics": metrics,
         "runs": {"n": len(run_means), "means": run_means,
                  "std": statistics.stdev(run_means) if len(run_means) > 1 else None},
@@ -190,8 +192,11 @@ class RunStore:
                 found[part_dir.parent.parent] = files
         return found
 
-    def merge(self) -> list[dict[str, Any]]:
-        """Merge this session's parts into ``rows.jsonl`` + ``summary.json`` (+ history); return summaries."""
+    def merge(self, *, absorb_stale: bool = False) -> list[dict[str, Any]]:
+        """Merge this session's parts into ``rows.jsonl`` + ``summary.json`` (+ history); return summaries.
+
+        With ``absorb_stale`` (a ``--resume`` session), part files that earlier sessions left behind
+        when they died are removed too: this session has taken over what was usable in them."""
         summaries = []
         for model_dir, parts in sorted(self.session_parts().items()):
             records = [RowRecord(**json.loads(line)) for part in parts
@@ -218,6 +223,10 @@ class RunStore:
             _append_history(model_dir / "history", summary)
             for part in parts:
                 part.unlink()
+            if absorb_stale:
+                for stale in model_dir.glob(".parts/*/*"):
+                    if stale.parent.name != self.session_id:
+                        stale.unlink()
             summary["path"] = str(model_dir / "summary.json")
             summaries.append(summary)
         return summaries

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from metis_pytest.testing import Fault
 from tests.e2e.conftest import SMOKE, last_user, read_jsonl

@@ -143,41 +143,36 @@ async def drain_rows(tasks: list[asyncio.Task[Any]], counts: dict[str, int], sco
         counts["rows_expected_answer"] += score_row(row, scoring, last_assistant_text)
 
 
-async def run_metis(args: argparse.Namespace, rows: list[Any], counts: dict[str, int]) -> float:
+async def time_processor(processor: Any, params: dict[str, Any], args: argparse.Namespace, rows: list[Any],
+                         counts: dict[str, int]) -> float:
+    """Wall seconds for one Eval Protocol rollout processor to roll out and score every row."""
     from eval_protocol.pytest.types import RolloutProcessorConfig
 
     from evals.gsm8k import scoring
     from metis_pytest.ep import last_assistant_text
-    from metis_pytest.rollout.single_turn import SingleTurnProcessor
 
-    params = {"model": MODEL, "api_base": args.url, "temperature": 0.0, "max_tokens": MAX_TOKENS}
     config = RolloutProcessorConfig(completion_params=params, mcp_config_path="",
                                     semaphore=asyncio.Semaphore(args.concurrency))
-    processor = SingleTurnProcessor()
     start = time.perf_counter()
     tasks = processor(rows, config)
     await drain_rows(tasks, counts, scoring, last_assistant_text)
     await processor.acleanup()
     return time.perf_counter() - start
+
+
+async def run_metis(args: argparse.Namespace, rows: list[Any], counts: dict[str, int]) -> float:
+    from metis_pytest.rollout.single_turn import SingleTurnProcessor
+
+    params = {"model": MODEL, "api_base": args.url, "temperature": 0.0, "max_tokens": MAX_TOKENS}
+    return await time_processor(SingleTurnProcessor(), params, args, rows, counts)
 
 
 async def run_ep_stock(args: argparse.Namespace, rows: list[Any], counts: dict[str, int]) -> float:
     from eval_protocol.pytest.default_single_turn_rollout_process import SingleTurnRolloutProcessor
-    from eval_protocol.pytest.types import RolloutProcessorConfig
-
-    from evals.gsm8k import scoring
-    from metis_pytest.ep import last_assistant_text
 
     params = {"model": MODEL, "api_base": args.url, "api_key": EP_API_KEY, "temperature": 0.0,
               "max_tokens": MAX_TOKENS}
-    config = RolloutProcessorConfig(completion_params=params, mcp_config_path="",
-                                    semaphore=asyncio.Semaphore(args.concurrency))
-    processor = SingleTurnRolloutProcessor()
-    start = time.perf_counter()
-    tasks = processor(rows, config)
-    await drain_rows(tasks, counts, scoring, last_assistant_text)
-    await processor.acleanup()
-    return time.perf_counter() - start
+    return await time_processor(SingleTurnRolloutProcessor(), params, args, rows, counts)
 
 
 async def run_bare(args: argparse.Namespace, requests: list[dict[str, Any]], counts: dict[str, int]) -> float:

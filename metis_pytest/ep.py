@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,17 +51,6 @@ class Benchmark:
     prompt_hash: str = ""
 
 
-def configure_eval_protocol(*, upload: bool) -> None:
-    """Eval Protocol reads its switches from the environment; these are its documented ones.
-
-    Uploads stay off unless asked for, and LiteLLM never fetches a price list."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    if upload:
-        os.environ.pop("EP_NO_UPLOAD", None)
-    else:
-        os.environ["EP_NO_UPLOAD"] = "1"
-
-
 def last_assistant_text(row: EvaluationRow) -> str:
     """The final assistant message's text ('' when the model said nothing)."""
     for message in reversed(row.messages):
@@ -81,13 +70,18 @@ def _errored_result(row: EvaluationRow) -> EvaluateResult:
 
 
 def _context(bench: Benchmark, session: metis_session.MetisSession, params: dict[str, Any]) -> SummaryContext:
-    """The conditions a row of ``bench`` runs under: what makes two runs' rows comparable."""
+    """The conditions a row of ``bench`` runs under: what makes two runs' rows comparable.
+
+    Worked out once per (benchmark, params) and session: the dataset revision hashes a local file."""
     source = _source(bench, session)
-    return SummaryContext(
-        benchmark=bench.name, benchmark_version=bench.version, model=session.label_for(params),
-        completion_params=dict(params), dataset_id=bench.dataset_id(source),
-        dataset_revision=bench.dataset_revision(source), prompt_hash=bench.prompt_hash,
-        primary_metric=bench.primary_metric)
+    key = (bench.name, source, json.dumps(params, sort_keys=True, default=str))
+    if key not in session.contexts:
+        session.contexts[key] = SummaryContext(
+            benchmark=bench.name, benchmark_version=bench.version, model=session.label_for(params),
+            completion_params=dict(params), dataset_id=bench.dataset_id(source),
+            dataset_revision=bench.dataset_revision(source), prompt_hash=bench.prompt_hash,
+            primary_metric=bench.primary_metric)
+    return session.contexts[key]
 
 
 def _replay(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], StoredCompletion | None]:

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from metis_pytest import session as metis_session
-from metis_pytest.session import MetisSession
+from metis_pytest.session import MetisSession, current
 
 
 def item_model_label(item: pytest.Item, session: MetisSession) -> str | None:
@@ -42,17 +41,18 @@ def local_server_factory(session: MetisSession) -> Any:
     return build
 
 
-@pytest.fixture(scope="session")
-def metis_session_obj() -> MetisSession:
-    return metis_session.current()
+@pytest.fixture(scope="session", name="metis_session")
+def metis_session_fixture() -> MetisSession:
+    """The session object: parsed options (``.cfg``), model targets, the run store."""
+    return current()
 
 
 @pytest.fixture(scope="session")
-def metis_local_server(metis_session_obj: MetisSession) -> Iterator[Any]:
+def metis_local_server(metis_session: MetisSession) -> Iterator[Any]:
     """The embedded model's server, shared by all workers; yields its ``ServerInfo`` (``base_url``)."""
     from metis_pytest.backends.local_server import SharedLocalServer
 
-    shared = SharedLocalServer(metis_session_obj.state_dir, local_server_factory(metis_session_obj))
+    shared = SharedLocalServer(metis_session.state_dir, local_server_factory(metis_session))
     info = shared.acquire()
     try:
         yield info
@@ -61,13 +61,13 @@ def metis_local_server(metis_session_obj: MetisSession) -> Iterator[Any]:
 
 
 @pytest.fixture(autouse=True)
-def _metis_backend_ready(request: pytest.FixtureRequest, metis_session_obj: MetisSession) -> None:
-    label = item_model_label(request.node, metis_session_obj)
-    if label is None or not metis_session_obj.needs_runtime(label):
+def _metis_backend_ready(request: pytest.FixtureRequest, metis_session: MetisSession) -> None:
+    label = item_model_label(request.node, metis_session)
+    if label is None or not metis_session.needs_runtime(label):
         return
-    target = metis_session_obj.target(label)
+    target = metis_session.target(label)
     if target.backend == "local":
         info = request.getfixturevalue("metis_local_server")
-        metis_session_obj.set_runtime_base(label, info.base_url)
+        metis_session.set_runtime_base(label, info.base_url)
     else:
         raise pytest.UsageError(f"backend {target.backend!r} needs a runtime that this version cannot start")

@@ -16,7 +16,7 @@ from metis_pytest.backends import get_backend, resolve_target
 from metis_pytest.backends.base import ModelTarget
 from metis_pytest.options import MetisConfig
 from metis_pytest.store.resume import ResumeIndex
-from metis_pytest.store.runs import RunStore
+from metis_pytest.store.runs import RunStore, SummaryContext
 
 PLUGIN_NAME = "metis_session"
 _stack: list[MetisSession] = []  # a stack, so a nested in-process pytest run (pytester) restores ours
@@ -33,6 +33,7 @@ class MetisSession:
         self.session_id = session_id or new_session_id()
         self.store = RunStore(cfg.output_dir, self.session_id, worker, repo_dir=repo_dir)
         self.resume = ResumeIndex(self.store)
+        self.contexts: dict[tuple[str, str, str], SummaryContext] = {}
         self._targets: dict[str, ModelTarget] = {}
         self._runtime_base: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -17,9 +17,9 @@ def shared_datasets() -> Path:
     return Path(os.environ.get("METIS_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    path = shared_datasets()
-    if not path.is_dir():
-        pytest.skip(f"real benchmark data not found at {path} (set METIS_SHARED_DATASETS)")
+def shared_file(*parts: str) -> Path:
+    """A file of the real benchmark data; skips the calling test, naming the path, when it is absent."""
+    path = shared_datasets().joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"real benchmark data not found at {path} (set METIS_SHARED_DATASETS to the datasets folder)")
     return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -33,17 +32,7 @@ from evals.gsm8k.dataset import (
     to_row,
 )
 from evals.gsm8k.scoring import score
-
-
-def _shared_gsm8k_file(name: str) -> Path:
-    """Path of a file in the shared GSM8K folder; skips the test if it is not there."""
-    override = os.environ.get("METIS_SHARED_DATASETS")
-    root = Path(override) if override else Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
-    path = root / "gsm8k" / name
-    if not path.is_file():
-        pytest.skip(f"shared GSM8K data not found at {path} (set METIS_SHARED_DATASETS to the datasets folder)")
-    return path
-
+from tests.conftest import shared_file
 
 RAW_RECORDS = [
     {
@@ -100,7 +89,7 @@ def test_prompt_constants() -> None:
 
 
 def test_prompt_is_the_quickstart_system_message() -> None:
-    first = json.loads(_shared_gsm8k_file("quickstart_gsm8k_sample.jsonl").read_text("utf-8").splitlines()[0])
+    first = json.loads(shared_file("gsm8k", "quickstart_gsm8k_sample.jsonl").read_text("utf-8").splitlines()[0])
     assert prompts.SYSTEM_PROMPT == first["messages"][0]["content"]
 
 
@@ -254,7 +243,7 @@ def test_load_jsonl_missing_or_empty(tmp_path: Path, name: str, content: str | N
 
 
 def test_load_shared_train() -> None:
-    path = _shared_gsm8k_file("train.jsonl")
+    path = shared_file("gsm8k", "train.jsonl")
     rows = load_jsonl(path)
     assert len(rows) == 7473
     assert rows[0].input_metadata.row_id == "gsm8k-train-00000"
@@ -270,7 +259,7 @@ def test_load_shared_train() -> None:
 
 
 def test_load_shared_quickstart() -> None:
-    path = _shared_gsm8k_file("quickstart_gsm8k_sample.jsonl")
+    path = shared_file("gsm8k", "quickstart_gsm8k_sample.jsonl")
     rows = load_jsonl(path)
     raw = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
     assert len(rows) == len(raw) == 1000

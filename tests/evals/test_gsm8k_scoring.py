@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,7 @@ from evals.gsm8k.scoring import (
     normalize_number,
     score,
 )
-
-
-def _shared_gsm8k_file(name: str) -> Path:
-    """Path of a file in the shared GSM8K folder; skips the test if it is not there."""
-    override = os.environ.get("METIS_SHARED_DATASETS")
-    root = Path(override) if override else Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
-    path = root / "gsm8k" / name
-    if not path.is_file():
-        pytest.skip(f"shared GSM8K data not found at {path} (set METIS_SHARED_DATASETS to the datasets folder)")
-    return path
+from tests.conftest import shared_file
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -387,7 +377,7 @@ def test_to_evaluate_result() -> None:
 
 
 def test_train_gold_answers_score_one() -> None:
-    rows = _read_jsonl(_shared_gsm8k_file("train.jsonl"))
+    rows = _read_jsonl(shared_file("gsm8k", "train.jsonl"))
     assert len(rows) == 7473
     failures: list[str] = []
     for index, row in enumerate(rows):
@@ -406,7 +396,7 @@ def test_train_gold_answers_score_one() -> None:
 
 
 def test_quickstart_reference_turns_score_one() -> None:
-    rows = _read_jsonl(_shared_gsm8k_file("quickstart_gsm8k_sample.jsonl"))
+    rows = _read_jsonl(shared_file("gsm8k", "quickstart_gsm8k_sample.jsonl"))
     assert len(rows) == 1000
     failures: list[str] = []
     for index, row in enumerate(rows):

@@ -34,6 +34,7 @@ def _serve_local(args: argparse.Namespace) -> int:
     print(f"serving {alias_for(args.local_model)} at {server.base_url} (log: {args.log}); Ctrl-C stops it",
           flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
         while True:
             time.sleep(3600)

@@ -1,0 +1,40 @@
+"""The `metis` console script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metis_pytest.cli import build_parser, main
+
+
+def test_fetch_model_prints_the_path_of_a_given_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert main(["fetch-model", "--local-model", str(gguf)]) == 0
+    assert capsys.readouterr().out.strip() == str(gguf)
+
+
+def test_show_prints_one_line_per_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "gsm8k" / "local"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "benchmark": "gsm8k", "model": "local", "score": 0.25, "stderr": 0.1, "n": 20, "n_errored": 1,
+        "primary_metric": "answer_tag", "metrics": {"answer_tag": {"mean": 0.25}, "strict_match": {"mean": 0.0}}}))
+    assert main(["show", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("gsm8k [local] answer_tag=0.250 ± 0.100 (n=20, errored=1) strict_match=0.000")
+
+
+def test_show_without_runs_fails(tmp_path: Path) -> None:
+    assert main(["show", str(tmp_path)]) == 1
+
+
+def test_every_command_has_help() -> None:
+    parser = build_parser()
+    for command in ("fetch-model", "serve-local", "show"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, "--help"])
+        assert info.value.code == 0

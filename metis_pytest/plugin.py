@@ -90,7 +90,12 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         return (yield)
     key = (bench.name, label)
     before = dict(session.store.counts.get(key, {}))
-    result = yield
+    from metis_pytest.ep import flush_ep_logs  # an evaluation item: Eval Protocol is loaded already
+
+    try:
+        result = yield
+    finally:
+        flush_ep_logs()
     after = session.store.counts.get(key, {})
     errored = after.get("errored", 0) - before.get("errored", 0)
     total = errored + after.get("scored", 0) - before.get("scored", 0)

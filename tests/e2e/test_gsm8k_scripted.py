@@ -44,7 +44,8 @@ def test_scores_every_row_and_writes_the_run_record(scripted_llm_factory, run_ev
     assert all(b["max_tokens"] == 77 and b["temperature"] == 0.3 and b["model"] == "scripted" for b in bodies)
     assert all([m["role"] for m in b["messages"]] == ["system", "user"] for b in bodies)
     # Rows are in Eval Protocol's store, where `ep logs` reads them.
-    assert "gsm8k-gsm8k_smoke-00011" in ep_store_text(run_eval.home)
+    store = ep_store_text(run_eval.home)
+    assert "gsm8k-gsm8k_smoke-00011" in store and store.count("answer tag: ") >= 12  # final, scored states
 
 
 def test_one_item_per_model(scripted_llm_factory, run_eval) -> None:

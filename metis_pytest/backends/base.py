@@ -66,6 +66,9 @@ class ModelTarget:
     api_key_env: str | None = None
     openai_wire: bool = True
     served_model: str | None = None
+    # Requests the server can usefully take at once (llama.cpp's server: 1); None means no limit.
+    # More would only queue at the server and eat into each request's timeout.
+    max_concurrency: int | None = None
 
     @property
     def request_model(self) -> str:

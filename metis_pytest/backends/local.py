@@ -43,6 +43,7 @@ class LocalBackend:
             api_key_env=None,
             openai_wire=True,
             served_model=alias,
+            max_concurrency=1,  # llama.cpp's server runs one request at a time
         )
 
     def needs_runtime(self, target: ModelTarget) -> bool:

@@ -78,6 +78,7 @@ class SingleTurnProcessor(RolloutProcessor):
         self.policy = policy or RetryPolicy()
         self.replay = replay
         self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._slots: dict[tuple[int, str], asyncio.Semaphore] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         """One connection pool per event loop (pytest-asyncio may give each item its own loop)."""
@@ -89,14 +90,27 @@ class SingleTurnProcessor(RolloutProcessor):
             self._sessions[id(loop)] = session
         return session
 
+    def _server_slots(self, target: ModelTarget) -> asyncio.Semaphore | None:
+        """A limit shared by every call on this loop for a server that serves few requests at once."""
+        if not target.max_concurrency:
+            return None
+        key = (id(asyncio.get_running_loop()), target.label)
+        if key not in self._slots:
+            self._slots[key] = asyncio.Semaphore(target.max_concurrency)
+        return self._slots[key]
+
     def __call__(self, rows: list[EvaluationRow], config: RolloutProcessorConfig) -> list[asyncio.Task[EvaluationRow]]:
         public = dict(config.completion_params or {})
         target = self.resolver(public)
         http = self._http() if target.openai_wire else None
+        server_slots = self._server_slots(target)
 
         async def one(row: EvaluationRow) -> EvaluationRow:
             async with config.semaphore:
-                return await self.rollout(row, target, public, http)
+                if server_slots is None:
+                    return await self.rollout(row, target, public, http)
+                async with server_slots:
+                    return await self.rollout(row, target, public, http)
 
         return [asyncio.create_task(one(row)) for row in rows]
 

@@ -147,3 +147,33 @@ def test_retry_after_is_honoured_and_backoff_is_capped() -> None:
     assert policy.delay(0, retry_after=100) == 4.0
     assert all(0.5 <= policy.delay(0) <= 1.0 for _ in range(20))
     assert all(policy.delay(10) <= 4.0 for _ in range(20))
+
+
+def test_a_server_that_takes_one_request_at_a_time_gets_one(scripted_llm_factory) -> None:
+    """llama.cpp's server serializes requests: more in flight would only queue and time out."""
+    import dataclasses
+
+    state = {"now": 0, "peak": 0}
+
+    async def slow(body: dict[str, Any]) -> str:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.01)
+        state["now"] -= 1
+        return "ok"
+
+    server = scripted_llm_factory(default=slow)
+    single = dataclasses.replace(target_from_params(params(server)), max_concurrency=1)
+
+    async def go() -> list[EvaluationRow]:
+        processor = SingleTurnProcessor(resolver=lambda p: single, policy=FAST)
+        config = RolloutProcessorConfig(completion_params=params(server), mcp_config_path="",
+                                        semaphore=asyncio.Semaphore(8))
+        try:
+            return list(await asyncio.gather(*processor(make_rows(6), config), *processor(make_rows(4), config)))
+        finally:
+            await processor.acleanup()
+
+    out = asyncio.run(go())
+    assert len(out) == 10 and all(not r.rollout_status.is_error() for r in out)
+    assert state["peak"] == 1

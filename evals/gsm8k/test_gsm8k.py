@@ -1,7 +1,7 @@
 """GSM8K (Cobbe et al. 2021, arXiv:2110.14168) as a Metis evaluation.
 
     pytest evals/gsm8k --model local --max-rows 20
-    pytest evals/gsm8k -n 4 --model openai/gpt-4o-mini --dataset hf
+    pytest evals/gsm8k -n 2 --model openai/gpt-4o-mini,anthropic/claude-3-5-haiku-latest --dataset hf
 
 The row function only calls the pure scorer; rollout, retries, recording and the summary are the
 harness's. See evals/gsm8k/README.md for the protocol.

@@ -150,7 +150,9 @@ def _replay(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], Store
     return replay
 
 
-def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSession, errored: bool) -> None:
+def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSession, errored: bool,
+            scoring_error: Exception | None = None) -> None:
+    """Append one row to the run store: scored, errored in rollout, or errored in scoring."""
     params = row.input_metadata.completion_params or {}
     label = session.label_for(params)
     session.store.write_context_once(_context(bench, session, params))
@@ -163,9 +165,9 @@ def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSe
         score=None if errored or result is None else float(result.score),
         metrics={} if errored or result is None or not result.metrics
         else {k: float(m.score) for k, m in result.metrics.items()},
-        reason=result.reason if result else None,
-        error=_error_details(row) if errored else None,
-        completion=last_assistant_text(row) if not errored else None,
+        reason=result.reason if result and not errored else None,
+        error=_scoring_error(scoring_error) if scoring_error else _error_details(row) if errored else None,
+        completion=last_assistant_text(row) if not errored or scoring_error else None,
         ground_truth=str(row.ground_truth) if row.ground_truth is not None else None,
         finish_reason=row.execution_metadata.finish_reason,
         usage=usage.model_dump() if usage is not None else None,
@@ -173,6 +175,10 @@ def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSe
         metadata={"resumed_from": resumed} if resumed else {},
     )
     session.store.append(record)
+
+
+def _scoring_error(exc: Exception) -> dict[str, Any]:
+    return {"message": f"scorer raised {type(exc).__name__}: {exc}", "stage": "scoring", "retryable": False}
 
 
 def _error_details(row: EvaluationRow) -> dict[str, Any]:
@@ -225,8 +231,12 @@ def evaluation_test(bench: Benchmark, **ep_kwargs: Any) -> Callable[[RowFunction
             if errored:
                 row.evaluation_result = _errored_result(row)
             else:
-                out = fn(row)
-                row = await out if inspect.isawaitable(out) else out
+                try:
+                    out = fn(row)
+                    row = await out if inspect.isawaitable(out) else out
+                except Exception as exc:  # a scorer bug: keep the row (and its completion), then fail loudly
+                    _record(bench, row, metis_session.current(), True, scoring_error=exc)
+                    raise
             _record(bench, row, metis_session.current(), errored)
             return row
 

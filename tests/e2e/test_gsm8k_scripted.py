@@ -169,3 +169,27 @@ def test_ep_logs_dashboard_serves_the_rows(scripted_llm_factory, run_eval, tmp_p
         proc.terminate()
         proc.wait(timeout=15)
         log.close()
+
+
+def test_a_scorer_that_raises_fails_the_item_and_keeps_the_row(scripted_llm_factory, run_eval, pytester) -> None:
+    pytester.makepyfile(test_buggy="""
+        from eval_protocol.models import EvaluationRow
+        from evals.gsm8k import scoring
+        from evals.gsm8k.test_gsm8k import BENCHMARK
+        from metis_pytest.ep import evaluation_test, last_assistant_text
+
+        @evaluation_test(BENCHMARK)
+        def test_buggy(row: EvaluationRow) -> EvaluationRow:
+            if row.ground_truth == "-7":
+                raise ZeroDivisionError("scorer bug")
+            row.evaluation_result = scoring.score(last_assistant_text(row), str(row.ground_truth)).to_evaluate_result()
+            return row
+    """)
+    server = scripted_llm_factory(default=correct)
+    result = run_eval("test_buggy.py", *openai_args(server))
+    result.assert_outcomes(failed=1)
+    rows = read_jsonl(run_eval.out / "gsm8k" / "scripted" / "rows.jsonl")
+    [bad] = [r for r in rows if r["status"] == "errored"]
+    assert bad["error"] == {"message": "scorer raised ZeroDivisionError: scorer bug", "stage": "scoring",
+                            "retryable": False}
+    assert bad["completion"] == "<think>working</think>\n<answer>-7</answer>"  # the model's answer is kept

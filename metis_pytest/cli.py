@@ -3,6 +3,7 @@
     metis fetch-model            # download + verify the embedded SmolLM2-135M GGUF, print its path
     metis serve-local            # run the embedded llama.cpp server in the foreground
     metis show runs/             # print every summary.json under a run folder
+    metis plot runs/             # draw runs/<benchmark>/summary.png (models x metrics, 95% CIs)
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from metis_pytest.store.plot import plot_benchmark
+
+    written = [p for d in sorted(Path(args.run_dir).iterdir()) if d.is_dir() and (p := plot_benchmark(d))]
+    for path in written:
+        print(path)
+    if not written:
+        print(f"no summary.json under {args.run_dir}/<benchmark>/<model>/", file=sys.stderr)
+    return 0 if written else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the summaries in a run folder")
     show.add_argument("run_dir", nargs="?", default="runs")
     show.set_defaults(func=_show)
+    plot = sub.add_parser("plot", help="draw <benchmark>/summary.png for every benchmark in a run folder")
+    plot.add_argument("run_dir", nargs="?", default="runs")
+    plot.set_defaults(func=_plot)
     return parser
 
 

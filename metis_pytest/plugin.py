@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,6 +115,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     summaries = metis.store.merge(absorb_stale=metis.cfg.resume)
     session.config.stash[_SUMMARIES] = summaries
+    if summaries:
+        from metis_pytest.store.plot import plot_benchmark
+
+        for bench_dir in sorted({Path(s["path"]).parent.parent for s in summaries}):
+            plot_benchmark(bench_dir)
     if metis.state_dir.exists():
         from metis_pytest.backends.local_server import SharedLocalServer
 

@@ -28,13 +28,27 @@ def test_show_prints_one_line_per_summary(tmp_path: Path, capsys: pytest.Capture
     assert line.startswith("gsm8k [local] answer_tag=0.250 ± 0.100 (n=20, errored=1) strict_match=0.000")
 
 
+def test_plot_draws_one_png_per_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for model, score in (("local", 0.1), ("openai--gpt-4o", 0.9)):
+        folder = tmp_path / "gsm8k" / model
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({
+            "benchmark": "gsm8k", "benchmark_version": "1.0.0", "model": model, "n": 10, "n_errored": 0,
+            "primary_metric": "answer_tag",
+            "metrics": {"answer_tag": {"mean": score, "stderr": 0.05}, "strict_match": {"mean": 0.0, "stderr": 0.0}}}))
+    assert main(["plot", str(tmp_path)]) == 0
+    png = tmp_path / "gsm8k" / "summary.png"
+    assert capsys.readouterr().out.strip() == str(png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_show_without_runs_fails(tmp_path: Path) -> None:
     assert main(["show", str(tmp_path)]) == 1
 
 
 def test_every_command_has_help() -> None:
     parser = build_parser()
-    for command in ("fetch-model", "serve-local", "show"):
+    for command in ("fetch-model", "serve-local", "show", "plot"):
         with pytest.raises(SystemExit) as info:
             parser.parse_args([command, "--help"])
         assert info.value.code == 0

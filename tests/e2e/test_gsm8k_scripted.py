@@ -39,6 +39,7 @@ def test_scores_every_row_and_writes_the_run_record(scripted_llm_factory, run_ev
     assert s["prompt_hash"] and s["completion_params"]["max_tokens"] == 77
     rows = read_jsonl(run_eval.out / "gsm8k" / "scripted" / "rows.jsonl")
     assert len(rows) == 12 and all(r["status"] == "scored" and r["score"] == 1.0 for r in rows)
+    assert (run_eval.out / "gsm8k" / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every completion param reached the server; the reference answer never did.
     bodies = [r.body for r in server.requests]
     assert all(b["max_tokens"] == 77 and b["temperature"] == 0.3 and b["model"] == "scripted" for b in bodies)

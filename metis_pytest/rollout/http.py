@@ -40,9 +40,10 @@ class RequestFailed(Exception):
     """A request that did not produce a completion; ``retryable`` says whether running it again may help."""
 
     def __init__(self, message: str, *, retryable: bool, status: int | None = None, attempts: int = 1,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.unreachable = unreachable  # no connection could be made at all (refused, no such host)
         self.status = status
         self.attempts = attempts
         self.retry_after = retry_after
@@ -108,6 +109,9 @@ async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload
                                     status=200) from None
     except asyncio.TimeoutError:
         raise RequestFailed(f"timed out after {timeout:g}s", retryable=True) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise RequestFailed(f"cannot connect to {url.origin()}: {exc.os_error}", retryable=True,
+                            unreachable=True) from None
     except aiohttp.ClientError as exc:
         raise RequestFailed(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
     return parse_completion(body)

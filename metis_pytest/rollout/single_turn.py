@@ -79,6 +79,9 @@ class SingleTurnProcessor(RolloutProcessor):
         self.replay = replay
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._slots: dict[tuple[int, str], asyncio.Semaphore] = {}
+        # Servers that refused every attempt of some row: later rows fail at once instead of each
+        # spending its full retry budget on a server that is not there.
+        self._unreachable: dict[str, str] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         """One connection pool per event loop (pytest-asyncio may give each item its own loop)."""
@@ -125,13 +128,17 @@ class SingleTurnProcessor(RolloutProcessor):
             completion = Completion(message={"role": "assistant", "content": stored.content},
                                     finish_reason=stored.finish_reason, usage=stored.usage, attempts=0,
                                     extra={"resumed_from": stored.source})
+        elif target.label in self._unreachable:
+            return self._fail(row, start, RequestFailed(
+                f"not sent: {self._unreachable[target.label]} (every retry of an earlier row failed)",
+                retryable=True, attempts=0, unreachable=True))
         else:
             try:
                 completion = await complete(http, target, public, request_messages(row), row.tools, self.policy)
             except RequestFailed as exc:
-                row.rollout_status = Status.rollout_error(str(exc), exc.details())
-                row.execution_metadata.rollout_duration_seconds = time.perf_counter() - start
-                return row
+                if exc.unreachable:
+                    self._unreachable[target.label] = str(exc)
+                return self._fail(row, start, exc)
         kept = [m for m in row.messages]
         while kept and kept[-1].role == "assistant":
             kept.pop()
@@ -147,7 +154,14 @@ class SingleTurnProcessor(RolloutProcessor):
         meta.rollout_duration_seconds = time.perf_counter() - start
         return row
 
+    @staticmethod
+    def _fail(row: EvaluationRow, start: float, exc: RequestFailed) -> EvaluationRow:
+        row.rollout_status = Status.rollout_error(str(exc), exc.details())
+        row.execution_metadata.rollout_duration_seconds = time.perf_counter() - start
+        return row
+
     async def acleanup(self) -> None:
+        self._unreachable.clear()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             if not session.closed:

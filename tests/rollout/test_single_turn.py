@@ -93,16 +93,22 @@ def test_client_errors_are_not_retried(scripted_llm_factory) -> None:
     assert out[0].rollout_status.details[0]["metadata"]["retryable"] is False
 
 
-def test_concurrency_is_bounded_by_the_semaphore(scripted_llm_factory) -> None:
+def peak_tracker(seconds: float):  # type: ignore[no-untyped-def]
+    """A scripted reply that takes ``seconds`` and records how many requests were in flight at most."""
     state = {"now": 0, "peak": 0}
 
     async def slow(body: dict[str, Any]) -> str:
         state["now"] += 1
         state["peak"] = max(state["peak"], state["now"])
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(seconds)
         state["now"] -= 1
         return "ok"
 
+    return slow, state
+
+
+def test_concurrency_is_bounded_by_the_semaphore(scripted_llm_factory) -> None:
+    slow, state = peak_tracker(0.03)
     server = scripted_llm_factory(default=slow)
     out = run(make_rows(20), params(server), concurrency=3)
     assert all(not r.rollout_status.is_error() for r in out)
@@ -153,15 +159,7 @@ def test_a_server_that_takes_one_request_at_a_time_gets_one(scripted_llm_factory
     """llama.cpp's server serializes requests: more in flight would only queue and time out."""
     import dataclasses
 
-    state = {"now": 0, "peak": 0}
-
-    async def slow(body: dict[str, Any]) -> str:
-        state["now"] += 1
-        state["peak"] = max(state["peak"], state["now"])
-        await asyncio.sleep(0.01)
-        state["now"] -= 1
-        return "ok"
-
+    slow, state = peak_tracker(0.01)
     server = scripted_llm_factory(default=slow)
     single = dataclasses.replace(target_from_params(params(server)), max_concurrency=1)
 

@@ -16,7 +16,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
-from metis_pytest.store.runs import RowRecord, RunStore, SummaryContext
+from metis_pytest.store.runs import RowRecord, RunStore, SummaryContext, read_records
 
 CONDITIONS = ("benchmark_version", "completion_params", "dataset_revision", "prompt_hash")
 
@@ -27,10 +27,6 @@ def _conditions(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def _summary_conditions(summary: dict[str, Any]) -> dict[str, Any]:
     return _conditions({**summary, "dataset_revision": (summary.get("dataset") or {}).get("revision")})
-
-
-def _read_records(path: Path) -> list[RowRecord]:
-    return [RowRecord(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class ResumeIndex:
@@ -66,7 +62,7 @@ class ResumeIndex:
         for conditions, path in sources:
             if conditions != want:
                 continue
-            for record in _read_records(path):
+            for record in read_records(path):
                 if record.status == "scored" and record.completion is not None:
                     found[record.row_id].append(record)
         return found

@@ -199,8 +199,7 @@ class RunStore:
         when they died are removed too: this session has taken over what was usable in them."""
         summaries = []
         for model_dir, parts in sorted(self.session_parts().items()):
-            records = [RowRecord(**json.loads(line)) for part in parts
-                       for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = [record for part in parts for record in read_records(part)]
             ctx_path = parts[0].parent / "context.json"
             context = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
             summary = {
@@ -230,6 +229,11 @@ class RunStore:
             summary["path"] = str(model_dir / "summary.json")
             summaries.append(summary)
         return summaries
+
+
+def read_records(path: Path) -> list[RowRecord]:
+    """The rows of one JSONL file (``rows.jsonl`` or a part file)."""
+    return [RowRecord(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -25,7 +25,6 @@ os.environ.setdefault("EP_NO_UPLOAD", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -33,6 +32,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,19 +186,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def machine_info() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {}
-    for package in ("pytest", "eval-protocol", "litellm", "aiohttp", "metis-pytest"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "packages": versions}
-
-
 def run(repeats: int, out: Path, warmup: int = 1) -> dict[str, Any]:
     """All timings, the import checks, and the written JSON/PNG; returns the report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -226,7 +214,7 @@ def run(repeats: int, out: Path, warmup: int = 1) -> dict[str, Any]:
                        "configs": CONFIGS},
         "notes": ["wall = whole subprocess (interpreter start, plugin imports, collection, one test, exit)",
                   f"HOME points at a temporary folder; {warmup} untimed warm-up run(s) per configuration first"],
-        "machine": machine_info(),
+        "machine": machine_info(("pytest", "eval-protocol", "litellm", "aiohttp", "metis-pytest")),
         "summary": summarize(runs),
         "plugin_imports": plugin_imports,
         "runs": runs,

@@ -29,7 +29,6 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -38,6 +37,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -399,19 +400,6 @@ def summarize(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     }
 
 
-def machine_info() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {}
-    for package in ("eval-protocol", "litellm", "aiohttp", "metis-pytest", "pydantic"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cpu_count": os.cpu_count(), "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "packages": versions}
-
-
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -518,7 +506,7 @@ def parent_main(args: argparse.Namespace) -> None:
             "peak RSS = the child's VmHWM (includes imports and data loading); ru_maxrss_mb is kept in the raw "
             "runs but on Linux it is inherited across exec from the parent at fork time, so it overstates",
         ],
-        "machine": machine_info(),
+        "machine": machine_info(("eval-protocol", "litellm", "aiohttp", "metis-pytest", "pydantic")),
         "summary": summary,
         "runs": runs,
         "profile_runs": profiles,

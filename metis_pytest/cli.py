@@ -4,6 +4,8 @@
     metis serve-local            # run the embedded llama.cpp server in the foreground
     metis show runs/             # print every summary.json under a run folder
     metis plot runs/             # draw runs/<benchmark>/summary.png (models x metrics, 95% CIs)
+
+The weights are cached in $XDG_CACHE_HOME/metis (else ~/.cache/metis); --cache-dir DIR picks another folder.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 def _fetch_model(args: argparse.Namespace) -> int:
     from metis_pytest.backends.local_model import resolve_gguf
 
-    path = resolve_gguf(args.local_model)
+    path = resolve_gguf(args.local_model, cache_dir=args.cache_dir)
     print(path)
     return 0
 
@@ -29,8 +31,8 @@ def _serve_local(args: argparse.Namespace) -> int:
     from metis_pytest.backends.local_model import resolve_gguf
     from metis_pytest.backends.local_server import LocalServer
 
-    server = LocalServer(resolve_gguf(args.local_model), log_path=Path(args.log), alias=alias_for(args.local_model),
-                         port=args.port)
+    gguf = resolve_gguf(args.local_model, cache_dir=args.cache_dir)
+    server = LocalServer(gguf, log_path=Path(args.log), alias=alias_for(args.local_model), port=args.port)
     server.start()
     print(f"serving {alias_for(args.local_model)} at {server.base_url} (log: {args.log}); Ctrl-C stops it",
           flush=True)
@@ -71,15 +73,23 @@ def _plot(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                        help="where the embedded model's weights are cached "
+                             "(default: $XDG_CACHE_HOME/metis or ~/.cache/metis)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch-model", help="download and verify the embedded model's GGUF")
     fetch.add_argument("--local-model", default=None, help="a GGUF path or hf:OWNER/REPO/FILE.gguf")
+    _add_cache_dir(fetch)
     fetch.set_defaults(func=_fetch_model)
     serve = sub.add_parser("serve-local", help="run the embedded llama.cpp server until Ctrl-C")
-    serve.add_argument("--local-model", default=None)
+    serve.add_argument("--local-model", default=None, help="a GGUF path or hf:OWNER/REPO/FILE.gguf")
+    _add_cache_dir(serve)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--log", default="local-server.log")
     serve.set_defaults(func=_serve_local)

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 
 def test_serve_local_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     if importlib.util.find_spec("llama_cpp") is None:
@@ -22,11 +20,13 @@ def test_serve_local_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     from metis_pytest.backends.local_model import DEFAULT_MODEL, default_cache_dir
     from metis_pytest.backends.local_server import _free_port, pid_alive
 
-    if not (default_cache_dir() / "models" / DEFAULT_MODEL.filename).exists():
-        pytest.skip(f"the embedded model is not in {default_cache_dir()} (run `metis fetch-model`)")
+    cache = default_cache_dir()
+    if not (cache / "models" / DEFAULT_MODEL.filename).exists():
+        pytest.skip(f"the embedded model is not in {cache} (run `metis fetch-model`)")
     port = _free_port("127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "metis_pytest.cli", "serve-local", "--port", str(port),
-                             "--log", str(tmp_path / "server.log")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "metis_pytest.cli", "serve-local", "--cache-dir", str(cache),
+                             "--port", str(port), "--log", str(tmp_path / "server.log")],
+                            stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # printed once the server is healthy
         assert f"http://127.0.0.1:{port}/v1" in line
@@ -36,10 +36,10 @@ def test_serve_local_serves_and_stops_on_sigint(tmp_path: Path) -> None:
                           and f"--port\x00{port}\x00".encode() in _cmdline(p))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 15  # only how long to wait for the server process to exit
         while pid_alive(server_pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not pid_alive(server_pid)
+        assert not pid_alive(server_pid), "serve-local exited but left its llama.cpp server running"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -201,6 +201,7 @@ class RecordedRequest:
         headers: The request headers.
         status: The HTTP status answered; ``None`` while pending or when no response was sent.
         fault: The kind of fault injected, if any.
+        latency_s: The latency applied to this request (seconds waited before answering).
     """
 
     index: int
@@ -209,6 +210,7 @@ class RecordedRequest:
     headers: dict[str, str]
     status: int | None = None
     fault: FaultKind | None = None
+    latency_s: float = 0.0
 
 
 def message_text(content: Any) -> str:
@@ -326,6 +328,8 @@ class ScriptedServer:
         self._model_id = model_id
         self._lock = threading.Lock()
         self._records: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
         self._tool_call_ids = itertools.count()
         self._port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -366,10 +370,17 @@ class ScriptedServer:
         with self._lock:
             return len(self._records)
 
+    @property
+    def peak_in_flight(self) -> int:
+        """The most chat requests being handled at once (since start or the last :meth:`reset`)."""
+        with self._lock:
+            return self._peak_in_flight
+
     def reset(self) -> None:
         """Forget recorded requests, restart request indices, tool-call ids and fault draws."""
         with self._lock:
             self._records = []
+            self._peak_in_flight = self._in_flight
             self._tool_call_ids = itertools.count()
             for fault in self._faults:
                 fault.reseed()
@@ -378,6 +389,8 @@ class ScriptedServer:
         with self._lock:
             record = RecordedRequest(len(self._records), request.path, body, dict(request.headers))
             self._records.append(record)
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
         return record
 
     # ----------------------------------------------------------------- lifecycle
@@ -486,7 +499,11 @@ class ScriptedServer:
         except ValueError:
             body = None
         record = self._record(request, body)
-        response = await self._answer(request, record)
+        try:
+            response = await self._answer(request, record)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
         record.status = None if record.fault == "disconnect" else response.status
         return response
 
@@ -499,6 +516,7 @@ class ScriptedServer:
         latency = self._latency
         delay = latency(record.index) if callable(latency) else latency
         if delay > 0:
+            record.latency_s = delay
             await asyncio.sleep(delay)
         fault = next((f for f in self._faults if f.applies(record.index, body)), None)
         if fault is not None:

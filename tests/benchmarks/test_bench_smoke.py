@@ -1,8 +1,7 @@
 """Smoke tests for the benchmark scripts: they run end to end and write well-formed results.
 
 These check structure and completeness only, never timings (the machine running the tests is
-not a benchmark machine). Together they take about 30 s on a 2-core machine (each spawns several
-fresh interpreters that import Eval Protocol and LiteLLM), hence ``slow``.
+not a benchmark machine): a timing field is only checked to be a recorded, positive number.
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"

@@ -188,15 +188,42 @@ def test_bad_request_bodies(scripted_llm: ScriptedServer) -> None:
 # ------------------------------------------------------------------ latency and faults
 
 
-def test_latency_is_applied(scripted_llm_factory: ScriptedServerFactory) -> None:
+def test_latency_is_applied_per_request(scripted_llm_factory: ScriptedServerFactory) -> None:
     server = scripted_llm_factory(latency=0.2)
-    start = time.monotonic()
-    post_chat(server.base_url, {"model": "m", "messages": MESSAGES})
-    assert 0.18 <= time.monotonic() - start < 2.0
+    assert post_chat(server.base_url, {"model": "m", "messages": MESSAGES})[0] == 200
     server.set_latency(lambda index: 0.0)
-    start = time.monotonic()
     post_chat(server.base_url, {"model": "m", "messages": MESSAGES})
-    assert time.monotonic() - start < 0.15
+    server.set_latency(lambda index: 0.01 * index)
+    post_chat(server.base_url, {"model": "m", "messages": MESSAGES})
+    assert [r.latency_s for r in server.requests] == pytest.approx([0.2, 0.0, 0.02])
+    assert [r.status for r in server.requests] == [200, 200, 200]
+
+
+async def test_latency_holds_concurrent_requests_in_flight_together(
+    scripted_llm_factory: ScriptedServerFactory,
+) -> None:
+    # Each request waits on a barrier inside the latency window, so the server can only answer
+    # if it holds all of them at once: the latency does not serialise requests.
+    server = scripted_llm_factory(latency=0.05)
+    arrived = asyncio.Event()
+    count = 0
+
+    async def wait_for_all(body: dict[str, Any]) -> str:
+        nonlocal count
+        count += 1
+        if count == 5:
+            arrived.set()
+        await arrived.wait()
+        return "together"
+
+    server.script(default=wait_for_all)
+    async with AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=30.0) as c:
+        answers = await asyncio.gather(*(
+            c.chat.completions.create(model="m", messages=MESSAGES) for _ in range(5)
+        ))
+    assert [a.choices[0].message.content for a in answers] == ["together"] * 5
+    assert server.peak_in_flight == 5
+    assert all(r.latency_s == pytest.approx(0.05) for r in server.requests)
 
 
 def test_429_with_retry_after_and_error_json(scripted_llm_factory: ScriptedServerFactory) -> None:
@@ -274,23 +301,24 @@ def test_timeout_fault_and_prompt_stop() -> None:
     server = ScriptedServer(faults=[Fault("timeout", hang_s=5.0, first_n=1)]).start()
     try:
         with client(server, timeout=0.5) as c:
-            start = time.monotonic()
             with pytest.raises(openai.APITimeoutError):
                 c.chat.completions.create(model="m", messages=MESSAGES)
-            assert time.monotonic() - start < 2.0
             assert c.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content == "OK"
-        # A second hung request is still in flight while the server stops.
-        server.set_faults([Fault("timeout", hang_s=5.0)])
-        hung = threading.Thread(target=post_chat, args=(server.base_url, {"messages": MESSAGES}, 10.0))
+        assert [r.fault for r in server.requests] == ["timeout", None]
+        # A third request hangs for an hour; stopping the server must end that hang, so it is answered.
+        server.set_faults([Fault("timeout", hang_s=3600.0)])
+        answered: list[int] = []
+        hung = threading.Thread(
+            target=lambda: answered.append(post_chat(server.base_url, {"messages": MESSAGES}, 60.0)[0])
+        )
         hung.start()
-        while server.request_count < 3:
+        while server.request_count < 3:  # wait until the server holds it
             time.sleep(0.01)
     finally:
-        start = time.monotonic()
         server.stop()
-        assert time.monotonic() - start < 1.5
-    hung.join(5)
-    assert not hung.is_alive()
+    hung.join(120)  # a safety net only: the assertion is on the answer, not on how long it took
+    assert answered == [200]
+    assert (server.requests[2].fault, server.requests[2].status) == ("timeout", 200)
     assert not any(t.name == "scripted-llm-server" for t in threading.enumerate())
 
 
@@ -396,7 +424,7 @@ def test_cli_prints_one_port_line_and_exits_on_sigint() -> None:
     assert process.returncode == 0
 
 
-async def test_throughput_300_concurrent_requests(scripted_llm_factory: ScriptedServerFactory) -> None:
+async def test_300_concurrent_requests_all_answered(scripted_llm_factory: ScriptedServerFactory) -> None:
     server = scripted_llm_factory(latency=0.05)
     url = f"{server.base_url}/chat/completions"
     body = {"model": "m", "messages": MESSAGES, "max_tokens": 8}
@@ -407,9 +435,9 @@ async def test_throughput_300_concurrent_requests(scripted_llm_factory: Scripted
             async with session.post(url, json=body) as response:
                 return (await response.json())["choices"][0]["message"]["content"]
 
-        start = time.monotonic()
         answers = await asyncio.gather(*(one() for _ in range(300)))
-        elapsed = time.monotonic() - start
     assert answers == ["OK"] * 300
-    assert server.request_count == 300
-    assert elapsed < 3.0, f"300 requests took {elapsed:.2f}s"
+    records = server.requests
+    assert sorted(r.index for r in records) == list(range(300))
+    assert {(r.status, r.latency_s) for r in records} == {(200, 0.05)}
+    assert 1 < server.peak_in_flight <= 64  # they overlapped, within the client's connection limit

@@ -4,25 +4,32 @@ A benchmark's evaluation is written as::
 
     @evaluation_test(BENCHMARK)
     def test_gsm8k(row: EvaluationRow) -> EvaluationRow:
-        row.evaluation_result = score(row.last_assistant_text, row.ground_truth).to_evaluate_result()
+        row.evaluation_result = score_row(BENCHMARK, row).to_evaluate_result()
         return row
 
-which is Eval Protocol's ``@evaluation_test`` with the session's models as ``completion_params``
-(one test item per ``--model``, the item id being the model as typed), rows loaded lazily at run
-time from ``--dataset`` (first ``--max-rows``), Metis's rollout processor, ``--runs`` and
-``--concurrency``. Around the row function it adds two things: an errored rollout is recorded as
-errored (``is_score_valid=False``, the error kept) and never handed to the scorer; and every row is
-written to the run store the moment it is scored.
+which is Eval Protocol's ``@evaluation_test`` with, from the Metis session and the benchmark's
+registry entry: one test item per ``--model`` and per combination of the benchmark's item axes (the
+item id starts with the model as typed: ``test_ace[openai/gpt-4o-shopping-147]``), rows loaded once
+per process from ``--dataset`` (first ``--max-rows``), the benchmark's rollout processor (or the
+replay processor under ``--replay``), ``--runs`` and ``--concurrency``. Around the row function it
+records every row the moment it is done, with its whole conversation:
+
+- a rollout that errored is recorded as errored and never handed to the scorer;
+- a score the scorer marks invalid (``is_score_valid=False``: a judge it could not parse) is recorded
+  as errored at stage ``scoring``, retryable as the scorer says, never as a 0;
+- a scorer that raises a transient error (a judge's 429, a timeout) is errored and retryable and
+  counts toward ``--max-error-rate``; any other exception is a scorer bug: the row is kept (with its
+  completion) and the item fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,9 +40,13 @@ from eval_protocol.models import EvaluateResult, EvaluationRow
 from eval_protocol.pytest.evaluation_test import evaluation_test as _ep_evaluation_test
 
 from metis_pytest import session as metis_session
-from metis_pytest.rollout.http import RetryPolicy
-from metis_pytest.rollout.single_turn import SingleTurnProcessor, StoredCompletion
-from metis_pytest.store.runs import RowRecord, SummaryContext
+from metis_pytest.conversation import dump_messages, last_assistant_text
+from metis_pytest.registry import Benchmark, register_benchmark, score_row
+from metis_pytest.rollout.base import StoredCompletion, processor_factory, run_index
+from metis_pytest.store.runs import RowRecord, RunConditions
+
+__all__ = ["Benchmark", "evaluation_test", "last_assistant_text", "score_row", "flush_ep_logs",
+           "CoalescingLogger"]
 
 RowFunction = Callable[[EvaluationRow], Any]
 
@@ -49,7 +60,7 @@ class CoalescingLogger(DatasetLogger):
     when the interval has passed (at least ``interval`` seconds, and at least twice as long as the
     last write took, so writing never takes more than a third of the time), and at the end of every
     evaluation item (:func:`flush_ep_logs`). The dashboard lags by one interval; the run store
-    (``rows.jsonl``) is written per row regardless."""
+    (``records/``) is written per row regardless."""
 
     def __init__(self, inner: DatasetLogger, interval: float = 1.0) -> None:
         self.inner = inner
@@ -87,102 +98,20 @@ def flush_ep_logs() -> None:
         logger.flush()
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    """What the harness needs to know about a benchmark besides its scorer."""
-
-    name: str
-    version: str
-    primary_metric: str
-    default_source: str
-    load: Callable[[str], list[EvaluationRow]]
-    dataset_id: Callable[[str], str]
-    dataset_revision: Callable[[str], str]
-    prompt_hash: str = ""
+# ----------------------------------------------------------------------------- recording
 
 
-def last_assistant_text(row: EvaluationRow) -> str:
-    """The final assistant message's text ('' when the model said nothing)."""
-    for message in reversed(row.messages):
-        if message.role == "assistant":
-            content = message.content
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "".join(getattr(part, "text", "") or "" for part in content)
-            return ""
-    return ""
+def _transient(exc: BaseException) -> bool:
+    """An infrastructure fault worth retrying (a judge's 429 or timeout), not a scorer bug."""
+    if getattr(exc, "retryable", False) is True:
+        return True
+    import aiohttp
+
+    return isinstance(exc, (asyncio.TimeoutError, TimeoutError, ConnectionError, aiohttp.ClientError))
 
 
-def _errored_result(row: EvaluationRow) -> EvaluateResult:
-    return EvaluateResult(score=0.0, is_score_valid=False,
-                          reason=f"rollout errored, not scored: {row.rollout_status.message}")
-
-
-def _context(bench: Benchmark, session: metis_session.MetisSession, params: dict[str, Any]) -> SummaryContext:
-    """The conditions a row of ``bench`` runs under: what makes two runs' rows comparable.
-
-    Worked out once per (benchmark, params) and session: the dataset revision hashes a local file."""
-    source = _source(bench, session)
-    key = (bench.name, source, json.dumps(params, sort_keys=True, default=str))
-    if key not in session.contexts:
-        session.contexts[key] = SummaryContext(
-            benchmark=bench.name, benchmark_version=bench.version, model=session.label_for(params),
-            completion_params=dict(params), dataset_id=bench.dataset_id(source),
-            dataset_revision=bench.dataset_revision(source), prompt_hash=bench.prompt_hash,
-            primary_metric=bench.primary_metric)
-    return session.contexts[key]
-
-
-def _replay(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], StoredCompletion | None]:
-    """``--resume``: hand the processor a completion stored under the same conditions, if any."""
-
-    def replay(params: dict[str, Any], row: EvaluationRow) -> StoredCompletion | None:
-        session = metis_session.current()
-        if not session.cfg.resume:
-            return None
-        record = session.resume.take(_context(bench, session, params), str(row.input_metadata.row_id))
-        if record is None or record.completion is None:
-            return None
-        return StoredCompletion(content=record.completion, finish_reason=record.finish_reason, usage=record.usage,
-                                source=record.run_id)
-
-    return replay
-
-
-def _record(bench: Benchmark, row: EvaluationRow, session: metis_session.MetisSession, errored: bool,
-            scoring_error: Exception | None = None) -> None:
-    """Append one row to the run store: scored, errored in rollout, or errored in scoring."""
-    params = row.input_metadata.completion_params or {}
-    label = session.label_for(params)
-    session.store.write_context_once(_context(bench, session, params))
-    result = row.evaluation_result
-    resumed = (row.execution_metadata.extra or {}).get("resumed_from")
-    usage = row.execution_metadata.usage
-    record = RowRecord(
-        benchmark=bench.name, model=label, row_id=str(row.input_metadata.row_id),
-        run_id=row.execution_metadata.run_id, status="errored" if errored else "scored",
-        score=None if errored or result is None else float(result.score),
-        metrics={} if errored or result is None or not result.metrics
-        else {k: float(m.score) for k, m in result.metrics.items()},
-        reason=result.reason if result and not errored else None,
-        error=_scoring_error(scoring_error) if scoring_error else _error_details(row) if errored else None,
-        completion=last_assistant_text(row) if not errored or scoring_error else None,
-        ground_truth=str(row.ground_truth) if row.ground_truth is not None else None,
-        finish_reason=row.execution_metadata.finish_reason,
-        usage=usage.model_dump() if usage is not None else None,
-        rollout_seconds=row.execution_metadata.rollout_duration_seconds,
-        metadata={"resumed_from": resumed} if resumed else {},
-    )
-    session.store.append(record)
-
-
-def _scoring_error(exc: Exception) -> dict[str, Any]:
-    return {"message": f"scorer raised {type(exc).__name__}: {exc}", "stage": "scoring", "retryable": False}
-
-
-def _error_details(row: EvaluationRow) -> dict[str, Any]:
-    details: dict[str, Any] = {"message": row.rollout_status.message}
+def _rollout_error(row: EvaluationRow) -> dict[str, Any]:
+    details: dict[str, Any] = {"message": row.rollout_status.message, "stage": "rollout"}
     for item in row.rollout_status.details or []:
         if isinstance(item, dict):
             details.update(item.get("metadata", item) if isinstance(item.get("metadata"), dict) else item)
@@ -190,71 +119,194 @@ def _error_details(row: EvaluationRow) -> dict[str, Any]:
     return details
 
 
-def _source(bench: Benchmark, session: metis_session.MetisSession) -> str:
-    return session.cfg.dataset or bench.default_source
+def _record(bench: Benchmark, row: EvaluationRow, error: dict[str, Any] | None) -> None:
+    """Append one row to the run store: scored (``error`` None) or errored, with its conversation."""
+    session = metis_session.current()
+    params = row.input_metadata.completion_params or {}
+    cond = session.conditions(bench, params)
+    session.store.write_conditions(cond)
+    result = row.evaluation_result
+    rolled_out = error is None or error.get("stage") == "scoring"
+    meta = row.execution_metadata
+    extra = meta.extra or {}
+    usage = meta.usage
+    info = (result.trajectory_info or {}).get("metis", {}) if result is not None else {}
+    session.store.append(RowRecord(
+        benchmark=bench.name, model=cond.model, row_id=str(row.input_metadata.row_id),
+        run_index=run_index(row), run_id=meta.run_id,
+        status="errored" if error else "scored",
+        score=None if error or result is None else float(result.score),
+        metrics={} if error or result is None else {k: float(m.score) for k, m in (result.metrics or {}).items()},
+        reason=result.reason if result is not None and not error else None,
+        error=error,
+        completion=last_assistant_text(row) if rolled_out else None,
+        messages=dump_messages(row) if rolled_out else None,
+        ground_truth=None if row.ground_truth is None else str(row.ground_truth),
+        finish_reason=meta.finish_reason,
+        usage=usage.model_dump() if usage is not None else None,
+        rollout_seconds=meta.rollout_duration_seconds,
+        details=dict(info.get("details") or {}),
+        metadata={k: extra[k] for k in ("resumed_from", "replayed_from", "attempts") if extra.get(k) is not None},
+        score_key=cond.score_key, completion_key=cond.completion_key,
+    ))
 
 
-def _rows_loader(bench: Benchmark) -> Callable[[], list[EvaluationRow]]:
+def _lookup(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], StoredCompletion | None]:
+    """Completions recorded earlier for a row and run index: ``--replay`` (a recorded run) or
+    ``--resume`` (this run folder, same completion conditions)."""
+
+    def lookup(params: dict[str, Any], row: EvaluationRow) -> StoredCompletion | None:
+        session = metis_session.current()
+        row_id, index = str(row.input_metadata.row_id), run_index(row)
+        cond = session.conditions(bench, params)
+        if session.cfg.replay is not None:
+            record = session.replay_source.take(cond, row_id, index)
+        elif session.cfg.resume:
+            record = session.resume.take(cond, row_id, index)
+        else:
+            return None
+        if record is None:
+            return None
+        return StoredCompletion(content=record.completion or "", messages=record.messages,
+                                finish_reason=record.finish_reason, usage=record.usage,
+                                source=f"{record.session}/{record.worker}")
+
+    return lookup
+
+
+# ----------------------------------------------------------------------------- items
+
+
+def _shards(bench: Benchmark, session: metis_session.MetisSession) -> list[tuple[str, dict[str, Any]]]:
+    """The item axes' values beyond the model: ``[(id, {axis: value})]``; one unnamed shard without axes."""
+    if not bench.axes:
+        return [("", {})]
+    fields = [a for a in bench.axes if a != "run"]
+    combos: list[tuple[Any, ...]] = []
+    if fields:
+        rows = session.rows_or_defer(bench)
+        seen: dict[tuple[Any, ...], None] = {}
+        for row in rows:
+            info = row.input_metadata.dataset_info or {}
+            seen.setdefault(tuple(info.get(a) for a in fields), None)
+        combos = list(seen)
+    else:
+        combos = [()]
+    shards = []
+    for combo in combos:
+        values = dict(zip(fields, combo))
+        runs = range(session.cfg.runs) if "run" in bench.axes else [None]
+        for k in runs:
+            shard = {**values, **({"run": k} if k is not None else {})}
+            ident = "-".join(str(v if a != "run" else f"run{v}") for a, v in shard.items())
+            shards.append((ident, shard))
+    return shards
+
+
+def _rows_loader(bench: Benchmark, shard_id: str, shard: dict[str, Any]) -> Callable[[], list[EvaluationRow]]:
     def load_rows() -> list[EvaluationRow]:
         session = metis_session.current()
-        rows = bench.load(_source(bench, session))
-        return rows[: session.cfg.max_rows] if session.cfg.max_rows else rows
+        rows = session.rows(bench)
+        if session.cfg.max_rows:
+            rows = rows[: session.cfg.max_rows]
+        out = []
+        for row in rows:
+            info = row.input_metadata.dataset_info or {}
+            if all(info.get(a) == v for a, v in shard.items() if a != "run"):
+                copy = row.model_copy(deep=True)
+                if "run" in shard:
+                    copy.execution_metadata.extra = {**(copy.execution_metadata.extra or {}), "run_index": shard["run"]}
+                out.append(copy)
+        return out
 
-    load_rows.__name__ = f"{bench.name}_rows"
+    load_rows.__name__ = f"{bench.name}_{shard_id or 'rows'}"
     return load_rows
 
 
-def _ids_by_model(wrapped: Any, labels: list[str]) -> None:
-    """Name each parametrized item by its model label instead of Eval Protocol's joined param values."""
+def _set_item_ids(wrapped: Any, ids: list[str]) -> None:
+    """Name each parametrized item ``<model>[-<axis values>]`` instead of Eval Protocol's joined params."""
     marks = list(getattr(wrapped, "pytestmark", []))
     for i, mark in enumerate(marks):
         argnames = mark.kwargs.get("argnames") if mark.name == "parametrize" else None
         if argnames and "completion_params" in argnames:
-            marks[i] = pytest.mark.parametrize(*mark.args, **{**mark.kwargs, "ids": labels}).mark
+            marks[i] = pytest.mark.parametrize(*mark.args, **{**mark.kwargs, "ids": ids}).mark
     wrapped.pytestmark = marks
 
 
-def evaluation_test(bench: Benchmark, **ep_kwargs: Any) -> Callable[[RowFunction], Any]:
+def evaluation_test(bench: Benchmark, *, processor: str | None = None, **ep_kwargs: Any) -> Callable[[RowFunction], Any]:
     """Eval Protocol's ``@evaluation_test`` wired to the Metis session (see the module docstring)."""
+    register_benchmark(bench)
     session = metis_session.current()
     cfg = session.cfg
 
     def decorate(fn: RowFunction) -> Any:
-        processor = SingleTurnProcessor(
-            resolver=session.runtime_target,
-            policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout),
-            replay=_replay(bench))
+        name = "replay" if cfg.replay is not None else (processor or bench.processor)
+        rollout = processor_factory(name)(session, bench, _lookup(bench))
 
         @functools.wraps(fn)
         async def row_function(row: EvaluationRow) -> EvaluationRow:
-            errored = row.rollout_status.is_error()
-            if errored:
-                row.evaluation_result = _errored_result(row)
+            if row.rollout_status.is_error():
+                row.evaluation_result = EvaluateResult(
+                    score=0.0, is_score_valid=False, reason=f"rollout errored, not scored: {row.rollout_status.message}")
+                _record(bench, row, _rollout_error(row))
+                return row
+            try:
+                out = fn(row)
+                row = await out if inspect.isawaitable(out) else out
+            except Exception as exc:
+                retryable = _transient(exc)
+                message = f"scorer raised {type(exc).__name__}: {exc}"
+                row.evaluation_result = EvaluateResult(score=0.0, is_score_valid=False, reason=message, error=message)
+                _record(bench, row, {"message": message, "stage": "scoring", "retryable": retryable})
+                if retryable:
+                    return row
+                raise
+            result = row.evaluation_result
+            if result is not None and not result.is_score_valid:
+                info = (result.trajectory_info or {}).get("metis", {})
+                _record(bench, row, {"message": result.error or result.reason or "the scorer marked the score invalid",
+                                     "stage": "scoring", "retryable": bool(info.get("retryable", True))})
             else:
-                try:
-                    out = fn(row)
-                    row = await out if inspect.isawaitable(out) else out
-                except Exception as exc:  # a scorer bug: keep the row (and its completion), then fail loudly
-                    _record(bench, row, metis_session.current(), True, scoring_error=exc)
-                    raise
-            _record(bench, row, metis_session.current(), errored)
+                _record(bench, row, None)
             return row
 
+        shards = _shards(bench, session)
+        params = session.completion_params()
         ep_logger = CoalescingLogger(default_logger)
         _EP_LOGGERS.append(ep_logger)
         options: dict[str, Any] = dict(
             logger=ep_logger,
-            completion_params=session.completion_params(),
-            data_loaders=DynamicDataLoader(generators=[_rows_loader(bench)]),
-            rollout_processor=processor,
-            num_runs=cfg.runs,
+            completion_params=params,
+            data_loaders=[DynamicDataLoader(generators=[_rows_loader(bench, sid, shard)]) for sid, shard in shards],
+            rollout_processor=rollout,
+            num_runs=1 if "run" in bench.axes else cfg.runs,
             max_concurrent_rollouts=cfg.concurrency,
             disable_browser_open=True,
         )
         options.update(ep_kwargs)
         wrapped = _ep_evaluation_test(**options)(row_function)
-        _ids_by_model(wrapped, list(cfg.models))
+        # Eval Protocol's combinations: completion params outer, data loaders inner.
+        _set_item_ids(wrapped, [f"{label}-{sid}" if sid else label for label in cfg.models for sid, _ in shards])
         wrapped.__metis_benchmark__ = bench
         return wrapped
 
     return decorate
+
+
+def conditions_for(bench: Benchmark, session: metis_session.MetisSession, params: dict[str, Any],
+                   label: str) -> RunConditions:
+    """The conditions of (benchmark, model): what makes completions interchangeable and scores comparable."""
+    spec = session.data_spec(bench)
+    sampling = {k: v for k, v in params.items() if k not in ("api_base", "base_url")}
+    replayed = session.recorded_conditions(bench, label)
+    if replayed is not None:  # the completions come from the recording: its sampling is what made them
+        sampling, params = replayed.sampling, replayed.completion_params
+    judge = None
+    if bench.judge_prompt_version is not None:
+        judge = {**session.judge_identity(), "prompt_version": bench.judge_prompt_version}
+    return RunConditions(
+        benchmark=bench.name, model=label, benchmark_version=bench.version,
+        sampling=json.loads(json.dumps(sampling, default=str)),
+        dataset_id=bench.dataset_id(spec), dataset_revision=bench.dataset_revision(spec),
+        dataset_split=spec.split, prompt_hash=bench.prompt_hash, primary_metric=bench.primary_metric,
+        judge=judge, completion_params=dict(params), metric_notes=dict(bench.metric_notes))

@@ -6,14 +6,16 @@ over the default. Configuration travels in :class:`MetisConfig`, never through `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-BACKENDS = ("api", "openai", "local")
 LOCAL_MODEL = "local"
+DEFAULT_JUDGE = None  # a judged benchmark names its own default judge
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,23 @@ OPTIONS: tuple[Option, ...] = (
            "'openai/gpt-4o-mini', or a served model name with --backend openai.",
            default=(), kind="list"),
     Option("--backend", "metis_backend",
-           "How to reach the models: api (LiteLLM provider, key from the environment), openai (any "
-           "OpenAI-compatible --api-base such as vLLM or llama.cpp), local (embedded llama.cpp). "
-           "Default: local for 'local', openai when --api-base is given, api otherwise.",
-           choices=BACKENDS),
+           "How to reach the models, by registered name: api (LiteLLM provider, key from the "
+           "environment), openai (any OpenAI-compatible --api-base such as vLLM or llama.cpp), local "
+           "(embedded llama.cpp), or any backend registered with register_backend. "
+           "Default: local for 'local', openai when --api-base is given, api otherwise."),
     Option("--api-base", "metis_api_base",
            "Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
     Option("--api-key-env", "metis_api_key_env",
            "Name of the environment variable that holds the key for --api-base (never the key itself)."),
     Option("--judge-model", "metis_judge_model",
-           "Model used by LLM-judged benchmarks (ACE, HelpSteer). GSM8K does not use a judge."),
+           "Model that grades LLM-judged benchmarks (ACE, HelpSteer); resolved on its own, never sent "
+           "to --api-base. GSM8K has no judge and ignores it."),
+    Option("--judge-backend", "metis_judge_backend",
+           "Backend of the judge (same names as --backend); default chosen like --backend's."),
+    Option("--judge-api-base", "metis_judge_api_base",
+           "Base URL of an OpenAI-compatible server for the judge (not the policy's --api-base)."),
+    Option("--judge-api-key-env", "metis_judge_api_key_env",
+           "Name of the environment variable that holds the judge's key (never the key itself)."),
     Option("--runs", "metis_runs", "Independent runs of every row (for mean and std across runs).",
            default=1, kind="int"),
     Option("--max-rows", "metis_max_rows", "Evaluate only the first N rows of each benchmark.",
@@ -68,15 +77,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("--dataset", "metis_dataset",
            "Where a benchmark reads its rows: a local file, or 'hf' for the Hugging Face Hub. "
            "Default: the benchmark's own default (see its README)."),
+    Option("--dataset-split", "metis_dataset_split",
+           "Split to load from the Hub (GSM8K: test or train). Default: the benchmark's."),
+    Option("--dataset-revision", "metis_dataset_revision",
+           "Hub revision (commit sha, tag or branch) to load; the resolved commit sha is recorded."),
     Option("--local-model", "metis_local_model",
            "GGUF for the embedded server: a path, or hf:OWNER/REPO/FILE.gguf. Default: SmolLM2-135M-Instruct."),
+    Option("--metis-cache-dir", "metis_cache_dir",
+           "Where the embedded model's weights are cached. Default: $XDG_CACHE_HOME/metis or ~/.cache/metis."),
     Option("--resume", "metis_resume",
            "Reuse completions already in the run folder (last merged rows, and rows of runs that died) made "
            "under the same benchmark version, completion params, dataset revision and prompt; only missing "
            "and errored rows are sent to the model. Reused completions are scored again.",
            default=False, kind="bool"),
+    Option("--replay", "metis_replay",
+           "Score the completions of a recorded run (an output dir, or one <benchmark>/<model> folder of it) "
+           "with the current scorers: no model is called, no key is needed, no local server is started."),
     Option("--allow-network", "metis_allow_network",
            "Run evaluations marked metis_network (they reach the internet); skipped otherwise.",
+           default=False, kind="bool"),
+    Option("--gpu", "metis_gpu",
+           "Run tests marked metis_gpu even where nvidia-smi is not on PATH.",
            default=False, kind="bool"),
     Option("--ep-upload", "metis_ep_upload",
            "Let Eval Protocol save and upload experiment files to Fireworks (off by default).",
@@ -113,9 +134,12 @@ def _parse(opt: Option, raw: Any) -> Any:
         if opt.kind == "int":
             return int(raw)
         if opt.kind == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
     except ValueError:
-        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: expected a number, got {raw!r}") from None
+        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: expected a finite number, got {raw!r}") from None
     if opt.choices and raw not in opt.choices:
         raise pytest.UsageError(f"{opt.flag} / {opt.ini}: {raw!r} is not one of {', '.join(opt.choices)}")
     return raw
@@ -130,6 +154,9 @@ class MetisConfig:
     api_base: str | None = None
     api_key_env: str | None = None
     judge_model: str | None = None
+    judge_backend: str | None = None
+    judge_api_base: str | None = None
+    judge_api_key_env: str | None = None
     runs: int = 1
     max_rows: int | None = None
     concurrency: int = 8
@@ -140,9 +167,14 @@ class MetisConfig:
     max_retries: int = 4
     max_error_rate: float = 0.0
     dataset: str | None = None
+    dataset_split: str | None = None
+    dataset_revision: str | None = None
     local_model: str | None = None
+    cache_dir: Path | None = None
     resume: bool = False
+    replay: Path | None = None
     allow_network: bool = False
+    gpu: bool = False
     ep_upload: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,6 +188,38 @@ class MetisConfig:
             raise pytest.UsageError("--max-error-rate must be between 0 and 1")
         if self.max_retries < 0:
             raise pytest.UsageError("--max-retries must be 0 or more")
+        if not self.request_timeout > 0:
+            raise pytest.UsageError(f"--request-timeout must be more than 0 seconds, got {self.request_timeout:g}")
+        if self.temperature < 0:
+            raise pytest.UsageError(f"--temperature must be 0 or more, got {self.temperature:g}")
+        for flag, url in (("--api-base", self.api_base), ("--judge-api-base", self.judge_api_base)):
+            if url is not None:
+                check_base_url(flag, url)
+        if self.resume and self.replay is not None:
+            raise pytest.UsageError("--resume and --replay exclude each other: --replay sends nothing to resume")
+        if self.replay is not None and not self.replay.is_dir():
+            raise pytest.UsageError(f"--replay {self.replay}: not a folder of recorded runs")
+        from metis_pytest.backends import backend_names
+
+        for flag, name in (("--backend", self.backend), ("--judge-backend", self.judge_backend)):
+            if name is not None and name not in backend_names():
+                raise pytest.UsageError(f"{flag} {name!r}: not a registered backend; known: {', '.join(backend_names())}")
+
+
+def check_base_url(flag: str, url: str) -> None:
+    """An http(s) URL with a host and no query string or fragment, or a UsageError saying what is wrong."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise pytest.UsageError(f"{flag} {url!r}: not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise pytest.UsageError(f"{flag} {url!r}: expected an http:// or https:// URL with a host, "
+                                "e.g. http://127.0.0.1:8000/v1")
+    if parts.query or parts.fragment:
+        raise pytest.UsageError(f"{flag} {url!r}: a base URL takes no query string or fragment "
+                                "(requests go to <base>/chat/completions)")
+    del port
 
 
 def read_config(config: pytest.Config) -> MetisConfig:
@@ -167,7 +231,9 @@ def read_config(config: pytest.Config) -> MetisConfig:
             raw = config.getini(opt.ini)
         values[opt.ini.removeprefix("metis_")] = _parse(opt, raw)
     models = values.pop("model") or (LOCAL_MODEL,)
-    out = Path(values.pop("output_dir"))
-    if not out.is_absolute():
-        out = Path(config.invocation_params.dir) / out
-    return MetisConfig(models=models, output_dir=out, **values)
+    here = Path(config.invocation_params.dir)
+    paths = {}
+    for name in ("output_dir", "cache_dir", "replay"):
+        raw = values.pop(name)
+        paths[name] = None if raw is None else (here / Path(raw).expanduser())
+    return MetisConfig(models=models, **paths, **values)  # type: ignore[arg-type]

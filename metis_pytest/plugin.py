@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +14,62 @@ import pytest
 from metis_pytest import session as metis_session
 from metis_pytest.options import add_options, read_config
 
-# LiteLLM must never fetch a price list; this has to be set before anything imports it.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 MARKERS = (
     "metis_requires_env(*names): skip unless every named environment variable is set (API keys)",
-    "metis_gpu: needs a CUDA GPU; skipped when nvidia-smi is not on PATH (METIS_GPU=1 forces it)",
+    "metis_gpu: needs a CUDA GPU; skipped when nvidia-smi is not on PATH (--gpu forces it)",
     "metis_network: reaches the internet; skipped unless --allow-network",
 )
+
+# Eval Protocol's flags (and the variables they set) that would silently change what a Metis
+# evaluation runs; each is refused with the Metis option that does the same.
+EP_FLAGS = {
+    "--ep-num-runs": ("EP_NUM_RUNS", "--runs"),
+    "--ep-max-rows": ("EP_MAX_DATASET_ROWS", "--max-rows"),
+    "--ep-max-concurrent-rollouts": ("EP_MAX_CONCURRENT_ROLLOUTS", "--concurrency"),
+    "--ep-max-concurrent-evaluations": ("EP_MAX_CONCURRENT_EVALUATIONS", "--concurrency"),
+    "--ep-input-param": ("EP_INPUT_PARAMS_JSON", "--temperature / --max-tokens"),
+    "--ep-reasoning-effort": ("EP_INPUT_PARAMS_JSON", "--temperature / --max-tokens"),
+    "--ep-completion-params": ("EP_COMPLETION_PARAMS", "--model / --temperature / --max-tokens"),
+    "--ep-jsonl-path": ("EP_JSONL_PATH", "--dataset"),
+    "--ep-no-op-rollout-processor": ("EP_USE_NO_OP_ROLLOUT_PROCESSOR", "--replay"),
+    "--ep-max-retry": ("EP_MAX_RETRY", "--max-retries"),
+    "--ep-success-threshold": ("EP_PASSED_THRESHOLD", "--max-error-rate"),
+    "--ep-se-threshold": ("EP_PASSED_THRESHOLD", "--max-error-rate"),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Before Eval Protocol's plugin configures itself: uploads stay off unless ``--ep-upload``,
+    through Eval Protocol's own ``--ep-no-upload`` (which sets its ``EP_NO_UPLOAD``)."""
+    if not config.getoption("metis_ep_upload") and not config.getini("metis_ep_upload"):
+        if hasattr(config.option, "ep_no_upload"):
+            config.option.ep_no_upload = True
+
+
+def _refuse_ep_overrides(config: pytest.Config) -> None:
+    for flag, (variable, ours) in EP_FLAGS.items():
+        value = config.getoption(flag, default=None)
+        if value not in (None, False, [], ()):
+            raise pytest.UsageError(f"{flag} is Eval Protocol's and would override Metis silently; use {ours}")
+    for flag, (variable, ours) in EP_FLAGS.items():
+        if os.environ.get(variable):
+            raise pytest.UsageError(f"{variable} is set in the environment: Eval Protocol would override Metis "
+                                    f"silently; unset it and use {ours}")
+
+
+def _check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".metis-write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise pytest.UsageError(f"--output-dir {path}: not writable ({exc.strerror or exc})") from None
 
 
 @pytest.hookimpl(trylast=True)
@@ -32,42 +78,92 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     cfg = read_config(config)
     workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        _refuse_ep_overrides(config)
+        _check_output_dir(cfg.output_dir)
     session = metis_session.MetisSession(
         cfg,
         session_id=workerinput.get("metis_session_id") if workerinput else None,
         worker=workerinput["workerid"] if workerinput else "main",
         repo_dir=config.rootpath,
+        shared_runtimes=workerinput is not None,
     )
     metis_session.register(session)
     config.pluginmanager.register(session, metis_session.PLUGIN_NAME)
     config.pluginmanager.import_plugin("metis_pytest.fixtures")
     config.pluginmanager.import_plugin("metis_pytest.testing.fixtures")
-    if not cfg.ep_upload:
-        os.environ["EP_NO_UPLOAD"] = "1"  # Eval Protocol's own switch: never upload unless asked
+    if workerinput and workerinput.get("metis_controller_pid"):
+        _watch_controller(int(workerinput["metis_controller_pid"]), session)
+
+
+def _watch_controller(pid: int, session: metis_session.MetisSession, interval: float = 0.2) -> None:
+    """An xdist worker stops within ``interval`` of its controller's death: no request after a kill.
+
+    Its finished rows are already on disk (each is flushed as it is recorded); a rerun with
+    ``--resume`` picks them up."""
+    from metis_pytest.backends.local_server import pid_alive
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != pid or not pid_alive(pid):
+                session.store.close()
+                os._exit(70)
+
+    threading.Thread(target=watch, name="metis-controller-watch", daemon=True).start()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist: every worker joins the controller's session (same run folder, same local server)."""
+    """pytest-xdist: every worker joins the controller's session (same run store, its runtimes)."""
     node.workerinput["metis_session_id"] = metis_session.current().session_id
+    node.workerinput["metis_controller_pid"] = os.getpid()
+
+
+_HANDED_OVER = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist controller: once the first worker has collected, and before any test is sent,
+    start what the collected evaluation items' models need and hand the URLs to the workers."""
+    config = node.config
+    if config.stash.get(_HANDED_OVER, False) or config.option.collectonly:
+        return
+    config.stash[_HANDED_OVER] = True
+    session = metis_session.current()
+    params = [i[i.index("[") + 1:] for i in ids if "[" in i]
+    used = [label for label in session.cfg.models
+            if any(p == f"{label}]" or p.startswith(f"{label}-") for p in params)]
+    labels = [label for label in used if session.needs_prepare(label)]
+    if used and session.cfg.judge_model and session.needs_prepare(metis_session.JUDGE_LABEL):
+        labels.append(metis_session.JUDGE_LABEL)
+    session.hand_over(labels)
 
 
 def _skip_reason(item: pytest.Item, session: metis_session.MetisSession) -> str | None:
-    from metis_pytest.fixtures import item_model_label
+    from metis_pytest.fixtures import item_benchmark, item_model_label
 
     for mark in item.iter_markers("metis_requires_env"):
         missing = [name for name in mark.args if not os.environ.get(name)]
         if missing:
             return f"needs {', '.join(missing)} (not set in the environment)"
-    if item.get_closest_marker("metis_gpu") and not (shutil.which("nvidia-smi") or os.environ.get("METIS_GPU")):
-        return "needs a GPU: no nvidia-smi on PATH (set METIS_GPU=1 to force)"
+    if item.get_closest_marker("metis_gpu") and not (shutil.which("nvidia-smi") or session.cfg.gpu):
+        return "needs a GPU: no nvidia-smi on PATH (pass --gpu to force)"
     if item.get_closest_marker("metis_network") and not session.cfg.allow_network:
         return "needs the network: pass --allow-network"
     label = item_model_label(item, session)
-    if label is not None:
-        missing = session.target(label).missing_env()
+    if label is None or session.cfg.replay is not None:
+        return None
+    missing = session.target(label).missing_env()
+    if missing:
+        return f"model {label!r} needs {', '.join(missing)} (not set in the environment)"
+    if item_benchmark(item).judge_prompt_version is not None:
+        if not session.cfg.judge_model:
+            return "a judged benchmark: pass --judge-model"
+        missing = session.target(metis_session.JUDGE_LABEL).missing_env()
         if missing:
-            return f"model {label!r} needs {', '.join(missing)} (not set in the environment)"
+            return f"judge {session.cfg.judge_model!r} needs {', '.join(missing)} (not set in the environment)"
     return None
 
 
@@ -79,14 +175,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Bad input is refused before the first request: load every selected benchmark's rows now."""
+    from metis_pytest.errors import DATA_ERRORS
+    from metis_pytest.fixtures import item_benchmark
+
+    metis = metis_session.current()
+    problems = list(dict.fromkeys(metis.deferred_errors))
+    benches = {}
+    for item in session.items:
+        bench = item_benchmark(item)
+        if bench is not None and not item.get_closest_marker("skip"):
+            benches[bench.name] = bench
+    for bench in benches.values():
+        try:
+            metis.rows(bench)
+        except DATA_ERRORS as exc:
+            problems.append(f"{bench.name}: {exc}")
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     """Fail an evaluation item whose errored rows exceed ``--max-error-rate`` (after retries)."""
-    from metis_pytest.fixtures import item_model_label
+    from metis_pytest.fixtures import item_benchmark, item_model_label
 
     session = metis_session.current()
     label = item_model_label(item, session)
-    bench = getattr(getattr(item, "obj", None), "__metis_benchmark__", None)
+    bench = item_benchmark(item)
     if label is None or bench is None:
         return (yield)
     key = (bench.name, label)
@@ -103,9 +220,15 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     if total and errored / total > session.cfg.max_error_rate:
         raise AssertionError(
             f"{bench.name} [{label}]: {errored} of {total} rows errored after retries (they are recorded as "
-            f"errored and retryable in {session.store.model_dir(bench.name, label)}; rerun to retry them, or "
-            f"raise --max-error-rate, now {session.cfg.max_error_rate:g})")
+            f"errored in {session.store.model_dir(bench.name, label)}; rerun with --resume to retry the "
+            f"retryable ones, or raise --max-error-rate, now {session.cfg.max_error_rate:g})")
     return result
+
+
+def _selection(config: pytest.Config) -> dict[str, Any]:
+    cfg = metis_session.current().cfg
+    return {"max_rows": cfg.max_rows, "keyword": config.option.keyword or None,
+            "markexpr": config.option.markexpr or None, "replay": str(cfg.replay) if cfg.replay else None}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -113,17 +236,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metis.store.close()
     if not metis.is_controller:
         return
-    summaries = metis.store.merge(absorb_stale=metis.cfg.resume)
-    session.config.stash[_SUMMARIES] = summaries
-    if summaries:
-        from metis_pytest.store.plot import plot_benchmark
+    try:
+        summaries = metis.store.merge(selection=_selection(session.config), resume=metis.cfg.resume)
+        session.config.stash[_SUMMARIES] = summaries
+        if summaries:
+            from metis_pytest.store.plot import plot_benchmark
 
-        for bench_dir in sorted({Path(s["path"]).parent.parent for s in summaries}):
-            plot_benchmark(bench_dir)
-    if metis.state_dir.exists():
-        from metis_pytest.backends.local_server import SharedLocalServer
-
-        SharedLocalServer(metis.state_dir, lambda: None).force_stop()  # type: ignore[arg-type,return-value]
+            for bench_dir in sorted({Path(s["path"]).parent.parent for s in summaries}):
+                plot_benchmark(bench_dir)
+    finally:
+        metis.close_runtimes()
         shutil.rmtree(metis.state_dir, ignore_errors=True)
 
 
@@ -137,6 +259,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     terminalreporter.section("metis")
     for s in summaries:
         terminalreporter.write_line(format_summary_line(s))
+        resume = s.get("resume")
+        if resume:
+            note = f"; {resume['note']}" if resume.get("note") else ""
+            terminalreporter.write_line(f"  resume: reused {resume['reused']} stored completions, "
+                                        f"sent {resume['sent']} rows{note}")
+        for metric, note in (s.get("metric_notes") or {}).items():
+            terminalreporter.write_line(f"  note: {metric}: {note}")
 
 
 def format_summary_line(s: dict[str, Any]) -> str:

@@ -1,24 +1,40 @@
-"""The one registered session object: parsed options, model targets, running backends, run store.
+"""The one registered session object: parsed options, targets, prepared runtimes, rows, run store.
 
 pytest's ``pytest_configure`` creates it and registers it with the plugin manager under the name
 ``metis_session``; :func:`current` finds it (an evaluation module needs it at import time to know
 which models to parametrize over). Outside pytest, :func:`current` gives a session with defaults.
+
+Runtimes (a started llama.cpp server) belong to the process that owns the session: the only pytest
+process, or under pytest-xdist the controller, which prepares them when its workers have collected
+and writes their URLs to ``<output-dir>/.state/<session>/runtimes.json`` before any test is sent;
+workers only read that file. There is no reference counting: the owner stops what it started at
+session end.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import threading
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metis_pytest.backends import get_backend, resolve_target
-from metis_pytest.backends.base import ModelTarget
+from metis_pytest.backends.base import ModelTarget, PrepareContext, Runtime
 from metis_pytest.options import MetisConfig
 from metis_pytest.store.resume import ResumeIndex
-from metis_pytest.store.runs import RunStore, SummaryContext
+from metis_pytest.store.runs import RowRecord, RunConditions, RunStore, load_conditions, read_records, slug
+
+if TYPE_CHECKING:
+    from eval_protocol.models import EvaluationRow
+
+    from metis_pytest.registry import Benchmark, DataSpec
 
 PLUGIN_NAME = "metis_session"
+JUDGE_LABEL = "judge"
 _stack: list[MetisSession] = []  # a stack, so a nested in-process pytest run (pytester) restores ours
 _default: MetisSession | None = None
 
@@ -27,16 +43,21 @@ class MetisSession:
     """State of one pytest session (or one xdist worker of it)."""
 
     def __init__(self, cfg: MetisConfig, *, session_id: str | None = None, worker: str = "main",
-                 repo_dir: Path | None = None) -> None:
+                 repo_dir: Path | None = None, shared_runtimes: bool = False) -> None:
         self.cfg = cfg
         self.worker = worker
         self.session_id = session_id or new_session_id()
+        self.shared_runtimes = shared_runtimes  # an xdist worker: runtimes come from the controller
         self.store = RunStore(cfg.output_dir, self.session_id, worker, repo_dir=repo_dir)
         self.resume = ResumeIndex(self.store)
-        self.contexts: dict[tuple[str, str, str], SummaryContext] = {}
+        self.replay_source = RecordedRun(cfg.replay) if cfg.replay is not None else None
+        self.deferred_errors: list[str] = []
+        self._conditions: dict[tuple[str, str], RunConditions] = {}
+        self._rows: dict[tuple[str, Any], list[EvaluationRow]] = {}
         self._targets: dict[str, ModelTarget] = {}
-        self._runtime_base: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._runtimes: dict[str, Runtime] = {}
+        self._owned: list[tuple[str, Runtime]] = []
+        self._lock = threading.RLock()
 
     @property
     def is_controller(self) -> bool:
@@ -47,19 +68,39 @@ class MetisSession:
         """A folder every process of this session shares (xdist workers included)."""
         return self.cfg.output_dir / ".state" / self.session_id
 
+    # ------------------------------------------------------------------ targets
+
     def target(self, label: str) -> ModelTarget:
         with self._lock:
             if label not in self._targets:
-                self._targets[label] = resolve_target(label, self.cfg)
+                if label == JUDGE_LABEL:
+                    self._targets[label] = self._resolve_judge()
+                else:
+                    self._targets[label] = resolve_target(label, self.cfg)
             return self._targets[label]
+
+    def _resolve_judge(self) -> ModelTarget:
+        if not self.cfg.judge_model:
+            raise LookupError("no --judge-model given")
+        judge_cfg = dataclasses.replace(self.cfg, backend=self.cfg.judge_backend, api_base=self.cfg.judge_api_base,
+                                        api_key_env=self.cfg.judge_api_key_env)
+        return dataclasses.replace(resolve_target(self.cfg.judge_model, judge_cfg), label=JUDGE_LABEL)
+
+    def judge_target(self) -> ModelTarget:
+        """The judge: ``--judge-model`` through ``--judge-backend``/``--judge-api-base``, never the policy's URL."""
+        return self.runtime_target_for(JUDGE_LABEL)
+
+    def judge_identity(self) -> dict[str, Any]:
+        if not self.cfg.judge_model:
+            return {"model": None}
+        return {"model": self.target(JUDGE_LABEL).litellm_model}
 
     def targets(self) -> list[ModelTarget]:
         return [self.target(label) for label in self.cfg.models]
 
     def completion_params(self) -> list[dict[str, Any]]:
         """One params dict per ``--model``, safe to show: no keys, no credential-bearing URLs."""
-        return [t.public_params(temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
-                for t in self.targets()]
+        return [get_backend(t.backend).params(t, self.cfg) for t in self.targets()]
 
     def label_for(self, params: dict[str, Any] | None) -> str:
         """The ``--model`` label whose params these are."""
@@ -69,27 +110,144 @@ class MetisSession:
                 return target.label
         return str(model)
 
-    def needs_runtime(self, label: str) -> bool:
-        target = self.target(label)
-        return get_backend(target.backend).needs_runtime(target)
+    # ------------------------------------------------------------------ runtimes
 
-    def set_runtime_base(self, label: str, api_base: str) -> None:
-        self._runtime_base[label] = api_base
+    def needs_prepare(self, label: str) -> bool:
+        if self.cfg.replay is not None:
+            return False  # replay sends nothing
+        target = self.target(label)
+        return get_backend(target.backend).needs_prepare(target)
+
+    def prepare(self, label: str) -> Runtime:
+        """The runtime serving ``label``: started here if this process owns the session, else read
+        from the controller's hand-over file."""
+        target = self.target(label)
+        key = target.runtime_key
+        with self._lock:
+            if key in self._runtimes:
+                return self._runtimes[key]
+            if self.shared_runtimes:
+                runtime = self._read_handover(key)
+            else:
+                backend = get_backend(target.backend)
+                runtime = backend.prepare(target, PrepareContext(self.cfg, self.state_dir))
+                self._owned.append((target.backend, runtime))
+            self._runtimes[key] = runtime
+            return runtime
+
+    def hand_over(self, labels: list[str]) -> None:
+        """Controller: prepare ``labels``' runtimes and write their URLs for the workers."""
+        entries = {self.target(label).runtime_key: self.prepare(label).public() for label in labels}
+        if entries:
+            path = self.state_dir / "runtimes.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(entries, indent=2))
+            os.replace(tmp, path)
+
+    def _read_handover(self, key: str) -> Runtime:
+        path = self.state_dir / "runtimes.json"
+        try:
+            entry = json.loads(path.read_text()).get(key)
+        except (OSError, ValueError):
+            entry = None
+        if entry is None:
+            raise RuntimeError(f"{key}: the pytest-xdist controller did not start this model's server "
+                               f"(no entry in {path})")
+        return Runtime(api_base=entry["api_base"], slot_lock=entry.get("slot_lock"))
+
+    def runtime_target_for(self, label: str) -> ModelTarget:
+        target = self.target(label)
+        if self.needs_prepare(label):
+            return target.with_runtime(self.prepare(label))
+        return target
 
     def runtime_target(self, params: dict[str, Any]) -> ModelTarget:
-        """The target to send requests to, with the base URL of a server started at run time."""
-        target = self.target(self.label_for(params))
-        if self.needs_runtime(target.label):
-            base = self._runtime_base.get(target.label)
-            if base is None:
-                raise RuntimeError(f"model {target.label!r} ({target.backend} backend) has no running server; "
-                                   "it is started by the metis_local_server fixture of an evaluation item")
-            return target.with_api_base(base)
-        return target
+        """The target to send requests to, with the base URL of a server prepared at run time."""
+        return self.runtime_target_for(self.label_for(params))
+
+    def close_runtimes(self) -> None:
+        owned, self._owned = self._owned, []
+        self._runtimes.clear()
+        for backend, runtime in reversed(owned):
+            get_backend(backend).close(runtime)
+
+    # ------------------------------------------------------------------ data
+
+    def data_spec(self, bench: Benchmark) -> DataSpec:
+        from metis_pytest.registry import DataSpec
+
+        return DataSpec(source=self.cfg.dataset or bench.default_source, split=self.cfg.dataset_split,
+                        revision=self.cfg.dataset_revision)
+
+    def rows(self, bench: Benchmark) -> list[EvaluationRow]:
+        """The benchmark's rows, loaded once per process (collection checks them before any request)."""
+        spec = self.data_spec(bench)
+        key = (bench.name, spec)
+        with self._lock:
+            if key not in self._rows:
+                self._rows[key] = bench.load(spec)
+            return self._rows[key]
+
+    def rows_or_defer(self, bench: Benchmark) -> list[EvaluationRow]:
+        """Rows at import time (for item axes); a bad dataset is reported once collection is over."""
+        from metis_pytest.errors import DATA_ERRORS
+
+        try:
+            return self.rows(bench)
+        except DATA_ERRORS as exc:
+            self.deferred_errors.append(f"{bench.name}: {exc}")
+            return []
+
+    def conditions(self, bench: Benchmark, params: dict[str, Any]) -> RunConditions:
+        from metis_pytest.ep import conditions_for
+
+        label = self.label_for(params)
+        key = (bench.name, label)
+        with self._lock:
+            if key not in self._conditions:
+                self._conditions[key] = conditions_for(bench, self, params, label)
+            return self._conditions[key]
+
+    def recorded_conditions(self, bench: Benchmark, label: str) -> RunConditions | None:
+        if self.replay_source is None:
+            return None
+        return self.replay_source.conditions(bench.name, label)
+
+
+class RecordedRun:
+    """``--replay``: the rows of a recorded run, by (benchmark, model), handed out once per row and run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._rows: dict[tuple[str, str], dict[tuple[str, int], RowRecord]] = {}
+        self._lock = threading.Lock()
+
+    def model_dir(self, benchmark: str, model: str) -> Path:
+        if (self.folder / "rows.jsonl").is_file():
+            return self.folder  # a <benchmark>/<model> folder itself
+        return self.folder / slug(benchmark) / slug(model)
+
+    def conditions(self, benchmark: str, model: str) -> RunConditions | None:
+        folder = self.model_dir(benchmark, model)
+        try:
+            key = json.loads((folder / "summary.json").read_text()).get("score_key", "")
+        except (OSError, ValueError):
+            return None
+        return load_conditions(folder, key)
+
+    def take(self, cond: RunConditions, row_id: str, run_index: int) -> RowRecord | None:
+        key = (cond.benchmark, cond.model)
+        with self._lock:
+            if key not in self._rows:
+                path = self.model_dir(*key) / "rows.jsonl"
+                records = read_records(path) if path.is_file() else []
+                self._rows[key] = {r.key: r for r in records if r.has_completion}
+            return self._rows[key].pop((row_id, run_index), None)
 
 
 def new_session_id() -> str:
-    return uuid.uuid4().hex[:12]
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
 
 
 def register(session: MetisSession) -> None:

@@ -3,30 +3,19 @@
     pytest evals/gsm8k --model local --max-rows 20
     pytest evals/gsm8k -n 2 --model openai/gpt-4o-mini,anthropic/claude-3-5-haiku-latest --dataset hf
 
-The row function only calls the pure scorer; rollout, retries, recording and the summary are the
-harness's. See evals/gsm8k/README.md for the protocol.
+The row function only calls the registered pure scorer (the same one verl's reward and the RFT
+evaluator call); rollout, retries, recording and the summary are the harness's. See
+evals/gsm8k/README.md for the protocol.
 """
 
 from eval_protocol.models import EvaluationRow
 
-from evals.gsm8k import dataset, prompts, scoring
-from metis_pytest.ep import Benchmark, evaluation_test, last_assistant_text
-
-BENCHMARK = Benchmark(
-    name=scoring.BENCHMARK,
-    version=scoring.VERSION,
-    primary_metric=scoring.PRIMARY_METRIC,
-    default_source=dataset.DEFAULT_SOURCE,
-    load=dataset.load,
-    dataset_id=dataset.dataset_id,
-    dataset_revision=dataset.dataset_revision,
-    prompt_hash=prompts.prompt_hash(),
-)
+from evals.gsm8k.benchmark import BENCHMARK
+from metis_pytest.ep import evaluation_test, score_row
 
 
 @evaluation_test(BENCHMARK)
 def test_gsm8k(row: EvaluationRow) -> EvaluationRow:
     """Score the final answer: <answer> tag (primary), lm-eval strict-match and flexible-extract."""
-    result = scoring.score(last_assistant_text(row), str(row.ground_truth))
-    row.evaluation_result = result.to_evaluate_result()
+    row.evaluation_result = score_row(BENCHMARK, row).to_evaluate_result()
     return row

@@ -1,12 +1,15 @@
 """Backends by name: ``api`` (LiteLLM providers), ``openai`` (any OpenAI-compatible URL), ``local``
-(the embedded llama.cpp server). Register another with :func:`register_backend`."""
+(the embedded llama.cpp server). Register another with :func:`register_backend` in a module that is
+imported, or list it under the ``metis.backends`` entry-point group of its distribution; either way
+it becomes selectable as ``--backend NAME``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, TypeVar
 
-from metis_pytest.backends.base import Backend, ModelTarget
+from metis_pytest.backends.base import Backend, BaseBackend, ModelTarget, PrepareContext, Runtime
 
 if TYPE_CHECKING:
     from metis_pytest.options import MetisConfig
@@ -53,13 +56,22 @@ def choose_backend(model: str, config: MetisConfig) -> str:
 
 def resolve_target(model: str, config: MetisConfig) -> ModelTarget:
     """The :class:`ModelTarget` for one ``--model`` value under the session's options."""
-    return get_backend(choose_backend(model, config)).target(model, config)
+    return get_backend(choose_backend(model, config)).resolve(model, config)
+
+
+_entry_points_loaded = False
 
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_backend decorators.
     from metis_pytest.backends import api, local, openai_compat  # noqa: F401
 
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group="metis.backends"):
+            ep.load()
 
-__all__ = ["Backend", "ModelTarget", "register_backend", "get_backend", "backend_names", "choose_backend",
-           "resolve_target"]
+
+__all__ = ["Backend", "BaseBackend", "ModelTarget", "PrepareContext", "Runtime", "register_backend", "get_backend",
+           "backend_names", "choose_backend", "resolve_target"]

@@ -1,17 +1,26 @@
-"""What a backend is: a named way to turn a model name plus options into LiteLLM completion params.
+"""What a backend is: a named way to reach a model, with a life cycle.
 
-A backend has two moments. At collection time :meth:`Backend.target` says, with no side effects,
-which model is meant and which environment variables it needs (missing ones skip the item). At run
-time :meth:`Backend.prepare` may start something (the embedded llama.cpp server, a Modal app) and
-returns the target with its base URL filled in. Keys are read from the environment only when a
-request is built (:meth:`ModelTarget.litellm_params`); they are never part of
-:meth:`ModelTarget.public_params`, which is what goes into test ids, logs and run records.
+resolve -> prepare -> params -> close:
+
+- :meth:`Backend.resolve` (collection time, no side effects) says which model is meant and which
+  environment variables it needs (missing ones skip the item);
+- :meth:`Backend.prepare` (only when :meth:`Backend.needs_prepare`) starts or looks up what serves
+  it (the embedded llama.cpp server; a Modal app later) and returns a :class:`Runtime` with its base
+  URL. The pytest process that owns the session prepares it once; under pytest-xdist that is the
+  controller, which hands the URL to its workers;
+- :meth:`Backend.params` gives the completion params that go into Eval Protocol (public: no key);
+- :meth:`Backend.close` stops what ``prepare`` started, at session end.
+
+Keys are read from the environment only when a request is built (:meth:`ModelTarget.litellm_params`);
+they are never part of :meth:`ModelTarget.public_params`, which is what goes into test ids, logs and
+run records.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -69,6 +78,13 @@ class ModelTarget:
     # Requests the server can usefully take at once (llama.cpp's server: 1); None means no limit.
     # More would only queue at the server and eat into each request's timeout.
     max_concurrency: int | None = None
+    # A lock file that makes ``max_concurrency`` 1 hold across processes (pytest-xdist workers).
+    slot_lock: str | None = None
+
+    @property
+    def runtime_key(self) -> str:
+        """Targets with the same key share one prepared runtime (one server for policy and judge)."""
+        return f"{self.backend}:{self.litellm_model}"
 
     @property
     def request_model(self) -> str:
@@ -105,8 +121,29 @@ class ModelTarget:
             params["api_key"] = key
         return params
 
-    def with_api_base(self, api_base: str) -> ModelTarget:
-        return replace(self, api_base=api_base)
+    def with_runtime(self, runtime: Runtime) -> ModelTarget:
+        return replace(self, api_base=runtime.api_base, slot_lock=runtime.slot_lock)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What :meth:`Backend.prepare` started or found: where to send requests. ``handle`` is the
+    backend's own object (a server process) and never leaves the process that prepared it."""
+
+    api_base: str
+    slot_lock: str | None = None
+    handle: Any = field(default=None, compare=False)
+
+    def public(self) -> dict[str, Any]:
+        return {"api_base": self.api_base, "slot_lock": self.slot_lock}
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What ``prepare`` may use: the session's options and a folder shared by its processes."""
+
+    config: MetisConfig
+    state_dir: Path
 
 
 class Backend(Protocol):
@@ -114,13 +151,46 @@ class Backend(Protocol):
 
     name: str
 
-    def target(self, model: str, config: MetisConfig) -> ModelTarget:
+    def resolve(self, model: str, config: MetisConfig) -> ModelTarget:
         """Which model is meant, decided at collection time with no side effects."""
         ...
 
-    def needs_runtime(self, target: ModelTarget) -> bool:
+    def needs_prepare(self, target: ModelTarget) -> bool:
         """Whether :meth:`prepare` must run (start a server, deploy an app) before requests."""
         ...
+
+    def prepare(self, target: ModelTarget, ctx: PrepareContext) -> Runtime:
+        """Start or look up what serves ``target``."""
+        ...
+
+    def params(self, target: ModelTarget, config: MetisConfig) -> dict[str, Any]:
+        """Public completion params for Eval Protocol: no key, no credential-bearing URL."""
+        ...
+
+    def close(self, runtime: Runtime) -> None:
+        """Stop what :meth:`prepare` started."""
+        ...
+
+
+class BaseBackend:
+    """Defaults for backends that need nothing started: subclass and write :meth:`resolve`."""
+
+    name = "base"
+
+    def resolve(self, model: str, config: MetisConfig) -> ModelTarget:
+        raise NotImplementedError
+
+    def needs_prepare(self, target: ModelTarget) -> bool:
+        return False
+
+    def prepare(self, target: ModelTarget, ctx: PrepareContext) -> Runtime:
+        raise RuntimeError(f"backend {self.name!r} has nothing to prepare")
+
+    def params(self, target: ModelTarget, config: MetisConfig) -> dict[str, Any]:
+        return target.public_params(temperature=config.temperature, max_tokens=config.max_tokens)
+
+    def close(self, runtime: Runtime) -> None:
+        return None
 
 
 def provider_of(litellm_model: str) -> str:

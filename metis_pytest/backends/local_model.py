@@ -92,11 +92,11 @@ DEFAULT_MODEL = GGUFSource(
 
 
 def default_cache_dir() -> Path:
-    """Return ``$METIS_CACHE_DIR`` if set, else ``~/.cache/metis``."""
-    env = os.environ.get("METIS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "metis"
+    """``$XDG_CACHE_HOME/metis`` (the XDG base-directory convention), else ``~/.cache/metis``.
+
+    The pytest option ``--metis-cache-dir`` and ``metis fetch-model --cache-dir`` choose another."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "metis"
 
 
 # --------------------------------------------------------------------------- hashing

@@ -1,8 +1,8 @@
 """Run llama-cpp-python's OpenAI-compatible server as a subprocess.
 
-:class:`LocalServer` owns one ``python -m llama_cpp.server`` process.
-:class:`SharedLocalServer` lets several pytest-xdist workers share one such
-process, reference-counted through a JSON state file guarded by a file lock.
+:class:`LocalServer` owns one ``python -m llama_cpp.server`` process. The process that owns a pytest
+session starts it (``LocalBackend.prepare``) and stops it at session end; started with
+``die_with_parent`` it also receives SIGTERM from the kernel if its parent is killed (Linux).
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-from filelock import FileLock
 
 __all__ = [
     "LocalServer",
     "LocalServerError",
-    "ServerInfo",
-    "SharedLocalServer",
     "default_n_threads",
     "health_check",
     "log_tail",
@@ -75,6 +69,16 @@ def _client_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+def _parent_death_signal() -> None:
+    """In the child before exec: ask the kernel for SIGTERM when the parent dies (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -178,6 +182,7 @@ class LocalServer:
         port: int | None = None,
         chat_format: str | None = None,
         startup_timeout: float = 120.0,
+        die_with_parent: bool = False,
     ) -> None:
         self.gguf = Path(gguf)
         self.log_path = Path(log_path)
@@ -188,6 +193,7 @@ class LocalServer:
         self._port = port
         self.chat_format = chat_format
         self.startup_timeout = startup_timeout
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
 
@@ -246,6 +252,7 @@ class LocalServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 env=env,
+                preexec_fn=_parent_death_signal if self.die_with_parent else None,
             )
 
     def _fail(self, reason: str) -> LocalServerError:
@@ -313,157 +320,3 @@ class LocalServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-# --------------------------------------------------------------------------- shared server
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """Where a (shared) local server listens."""
-
-    base_url: str
-    pid: int
-    port: int
-
-
-class SharedLocalServer:
-    """One local server shared by several processes (pytest-xdist workers).
-
-    State lives in ``state_dir/local-server.json`` (``pid``, ``port``,
-    ``base_url``, ``alias``, ``start_time``, ``users``) and is only touched
-    under ``FileLock(state_dir/local-server.lock)``.  The first
-    :meth:`acquire` starts the server via ``factory``; the last :meth:`release`
-    stops it.
-    """
-
-    STATE_NAME = "local-server.json"
-    LOCK_NAME = "local-server.lock"
-
-    def __init__(
-        self,
-        state_dir: Path,
-        factory: Callable[[], LocalServer],
-        *,
-        lock_timeout: float = 600.0,
-    ) -> None:
-        self.state_dir = Path(state_dir)
-        self.factory = factory
-        self.lock_timeout = lock_timeout
-        self._owned: LocalServer | None = None
-
-    @property
-    def state_path(self) -> Path:
-        return self.state_dir / self.STATE_NAME
-
-    def _lock(self) -> FileLock:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.state_dir / self.LOCK_NAME), timeout=self.lock_timeout)
-
-    # ---- state file
-
-    def _read_state(self) -> dict | None:
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return state if isinstance(state, dict) and isinstance(state.get("pid"), int) else None
-
-    def _write_state(self, state: dict) -> None:
-        tmp = self.state_path.with_name(f"{self.STATE_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
-
-    # ---- liveness
-
-    @staticmethod
-    def _same_process(state: dict) -> bool:
-        """The recorded PID is alive and is still the process we recorded (no PID reuse)."""
-        pid = int(state["pid"])
-        if not pid_alive(pid):
-            return False
-        recorded = state.get("start_time")
-        return recorded is None or process_start_time(pid) == recorded
-
-    def _usable(self, state: dict | None) -> bool:
-        return (
-            state is not None
-            and self._same_process(state)
-            and health_check(str(state.get("base_url")), state.get("alias"))
-        )
-
-    def _stop_recorded(self, state: dict) -> None:
-        """Stop the server in ``state`` if it is still that process."""
-        pid = int(state["pid"])
-        if self._owned is not None and self._owned.pid == pid:
-            self._owned.stop()  # our child: stop() also reaps it
-            self._owned = None
-        elif self._same_process(state):
-            stop_pid(pid)
-
-    # ---- public API
-
-    def acquire(self) -> ServerInfo:
-        """Join the running shared server, starting one if none is usable."""
-        with self._lock():
-            state = self._read_state()
-            if self._usable(state):
-                assert state is not None
-                state["users"] = int(state.get("users", 0)) + 1
-            else:
-                if state is not None:
-                    self._stop_recorded(state)  # stale or hung
-                state = self._start_new()
-            self._write_state(state)
-            return ServerInfo(base_url=state["base_url"], pid=state["pid"], port=state["port"])
-
-    def _start_new(self) -> dict:
-        server = self.factory()
-        server.start()
-        assert server.pid is not None
-        server.reap_in_background()
-        self._owned = server
-        return {
-            "pid": server.pid,
-            "port": server.port,
-            "base_url": server.base_url,
-            "alias": server.alias,
-            "start_time": process_start_time(server.pid),
-            "users": 1,
-        }
-
-    def release(self) -> None:
-        """Leave the shared server; the last user stops it and removes the state."""
-        with self._lock():
-            state = self._read_state()
-            if state is None:
-                return
-            state["users"] = int(state.get("users", 1)) - 1
-            if state["users"] > 0:
-                self._write_state(state)
-                return
-            self._stop_recorded(state)
-            self.state_path.unlink(missing_ok=True)
-
-    def force_stop(self) -> bool:
-        """Safety net: stop the recorded server regardless of ``users``.
-
-        Only a live process whose /proc cmdline contains ``llama_cpp.server`` is
-        signalled; nothing else is ever killed.  Returns True if one was stopped.
-        """
-        with self._lock():
-            state = self._read_state()
-            if state is None:
-                return False
-            self.state_path.unlink(missing_ok=True)
-            pid = int(state["pid"])
-            if not self._same_process(state):
-                return False
-            if not any(_SERVER_MODULE in arg for arg in process_cmdline(pid)):
-                return False
-            if self._owned is not None and self._owned.pid == pid:
-                self._owned.stop()
-                self._owned = None
-            else:
-                stop_pid(pid)
-            return True

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from metis_pytest.backends import register_backend
-from metis_pytest.backends.base import ModelTarget
+from metis_pytest.backends.base import BaseBackend, ModelTarget
 
 if TYPE_CHECKING:
     from metis_pytest.options import MetisConfig
 
 
 @register_backend("openai")
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(BaseBackend):
     name = "openai"
 
-    def target(self, model: str, config: MetisConfig) -> ModelTarget:
+    def resolve(self, model: str, config: MetisConfig) -> ModelTarget:
         if not config.api_base:
             raise pytest.UsageError("--backend openai needs --api-base (e.g. http://127.0.0.1:8000/v1)")
         return ModelTarget(
@@ -34,6 +34,3 @@ class OpenAICompatibleBackend:
             openai_wire=True,
             served_model=model,
         )
-
-    def needs_runtime(self, target: ModelTarget) -> bool:
-        return False

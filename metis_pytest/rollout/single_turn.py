@@ -10,9 +10,10 @@ is never sent to the model.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,21 +23,11 @@ from eval_protocol.pytest.types import RolloutProcessorConfig
 from openai.types import CompletionUsage
 
 from metis_pytest.backends.base import ModelTarget
+from metis_pytest.conversation import load_messages
+from metis_pytest.rollout.base import Lookup, RunIndexer, StoredCompletion, register_processor
 from metis_pytest.rollout.http import Completion, RequestFailed, RetryPolicy, complete
 
 Resolver = Callable[[dict[str, Any]], ModelTarget]
-# Given the public completion params and a row, a completion stored by an earlier run, or None.
-Replay = Callable[[dict[str, Any], EvaluationRow], "StoredCompletion | None"]
-
-
-@dataclass(frozen=True)
-class StoredCompletion:
-    """A completion from an earlier run of the same row under the same conditions (``--resume``)."""
-
-    content: str
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    source: str | None = None
 
 
 def target_from_params(params: dict[str, Any]) -> ModelTarget:
@@ -73,10 +64,11 @@ class SingleTurnProcessor(RolloutProcessor):
     """Eval Protocol ``RolloutProcessor`` that sends each row's conversation once and appends the reply."""
 
     def __init__(self, *, resolver: Resolver | None = None, policy: RetryPolicy | None = None,
-                 replay: Replay | None = None) -> None:
+                 lookup: Lookup | None = None) -> None:
         self.resolver: Resolver = resolver or target_from_params
         self.policy = policy or RetryPolicy()
-        self.replay = replay
+        self.lookup = lookup
+        self.runs = RunIndexer()
         self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._slots: dict[tuple[int, str], asyncio.Semaphore] = {}
         # Servers that refused every attempt of some row: later rows fail at once instead of each
@@ -103,6 +95,7 @@ class SingleTurnProcessor(RolloutProcessor):
         return self._slots[key]
 
     def __call__(self, rows: list[EvaluationRow], config: RolloutProcessorConfig) -> list[asyncio.Task[EvaluationRow]]:
+        self.runs.stamp(rows)
         public = dict(config.completion_params or {})
         target = self.resolver(public)
         http = self._http() if target.openai_wire else None
@@ -112,7 +105,7 @@ class SingleTurnProcessor(RolloutProcessor):
             async with config.semaphore:
                 if server_slots is None:
                     return await self.rollout(row, target, public, http)
-                async with server_slots:
+                async with server_slots, process_slot(target.slot_lock):
                     return await self.rollout(row, target, public, http)
 
         return [asyncio.create_task(one(row)) for row in rows]
@@ -123,12 +116,10 @@ class SingleTurnProcessor(RolloutProcessor):
         if not row.messages:
             row.rollout_status = Status.rollout_error("row has no messages", {"retryable": False})
             return row
-        stored = self.replay(public, row) if self.replay else None
+        stored = self.lookup(public, row) if self.lookup else None
         if stored is not None:
-            completion = Completion(message={"role": "assistant", "content": stored.content},
-                                    finish_reason=stored.finish_reason, usage=stored.usage, attempts=0,
-                                    extra={"resumed_from": stored.source})
-        elif target.label in self._unreachable:
+            return restore(row, stored, start, "resumed_from")
+        if target.label in self._unreachable:
             return self._fail(row, start, RequestFailed(
                 f"not sent: {self._unreachable[target.label]} (every retry of an earlier row failed)",
                 retryable=True, attempts=0, unreachable=True))
@@ -139,19 +130,10 @@ class SingleTurnProcessor(RolloutProcessor):
                 if exc.unreachable:
                     self._unreachable[target.label] = str(exc)
                 return self._fail(row, start, exc)
-        kept = [m for m in row.messages]
-        while kept and kept[-1].role == "assistant":
-            kept.pop()
-        row.messages = kept + [assistant_message(completion.message, completion.logprobs)]
-        meta = row.execution_metadata
-        meta.finish_reason = completion.finish_reason
-        meta.tool_call_count = len(completion.message.get("tool_calls") or [])
-        if completion.usage:
-            meta.usage = CompletionUsage(prompt_tokens=completion.usage.get("prompt_tokens", 0),
-                                         completion_tokens=completion.usage.get("completion_tokens", 0),
-                                         total_tokens=completion.usage.get("total_tokens", 0))
-        meta.extra = {**(meta.extra or {}), "attempts": completion.attempts, **completion.extra}
-        meta.rollout_duration_seconds = time.perf_counter() - start
+        row.messages = without_reply(row) + [assistant_message(completion.message, completion.logprobs)]
+        finish(row, completion.finish_reason, completion.usage, start,
+               {"attempts": completion.attempts, **completion.extra})
+        row.execution_metadata.tool_call_count = len(completion.message.get("tool_calls") or [])
         return row
 
     @staticmethod
@@ -166,3 +148,66 @@ class SingleTurnProcessor(RolloutProcessor):
         for session in sessions:
             if not session.closed:
                 await session.close()
+
+
+def without_reply(row: EvaluationRow) -> list[Message]:
+    """The row's conversation without trailing assistant turns (a reference answer is never kept)."""
+    kept = list(row.messages)
+    while kept and kept[-1].role == "assistant":
+        kept.pop()
+    return kept
+
+
+def finish(row: EvaluationRow, finish_reason: str | None, usage: dict[str, int] | None, start: float,
+           extra: dict[str, Any]) -> None:
+    meta = row.execution_metadata
+    meta.finish_reason = finish_reason
+    if usage:
+        meta.usage = CompletionUsage(prompt_tokens=usage.get("prompt_tokens", 0),
+                                     completion_tokens=usage.get("completion_tokens", 0),
+                                     total_tokens=usage.get("total_tokens", 0))
+    meta.extra = {**(meta.extra or {}), **extra}
+    meta.rollout_duration_seconds = time.perf_counter() - start
+
+
+def restore(row: EvaluationRow, stored: StoredCompletion, start: float, provenance: str) -> EvaluationRow:
+    """Put a stored completion (the whole recorded conversation when there is one) back on the row."""
+    if stored.messages:
+        row.messages = load_messages(stored.messages)
+    else:
+        row.messages = without_reply(row) + [Message(role="assistant", content=stored.content)]
+    finish(row, stored.finish_reason, stored.usage, start, {"attempts": 0, provenance: stored.source})
+    return row
+
+
+class process_slot:
+    """Across processes (pytest-xdist workers), one request at a time to a server that serves one at a
+    time: an exclusive ``flock`` on ``path`` held for the request; nothing when ``path`` is None."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    async def __aenter__(self) -> None:
+        if self.path is None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+@register_processor("single_turn")
+def single_turn_processor(session: Any, bench: Any, lookup: Lookup | None) -> SingleTurnProcessor:
+    cfg = session.cfg
+    return SingleTurnProcessor(resolver=session.runtime_target,
+                               policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout),
+                               lookup=lookup)

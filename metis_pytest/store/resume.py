@@ -1,68 +1,48 @@
-"""``--resume``: rows that already have a completion under the same conditions are not sent again.
+"""``--resume``: a row that already has a completion under the same conditions is not sent again.
 
-Sources, in one (benchmark, model) folder: the last merged ``rows.jsonl`` (its conditions are in
-``summary.json``) and part files left by sessions that died before merging (their conditions are in
-their ``context.json``). A stored row is reused only when benchmark version, completion params,
-dataset revision and prompt hash all match the current run; only rows that were *scored* are reused,
-so errored rows are retried. The reused completion is scored again by the current scorer, so a scorer
+Sources: every records file in the (benchmark, model) folder except this session's own, including
+those of runs that were killed and of sessions still running. A stored completion is reused for the
+same (row id, run index) only, and only when its *completion key* matches (model, sampling
+parameters, prompt, data; not the endpoint's address), so the independent runs of ``--runs N``
+never share a completion, however often a run is killed and resumed. Rows that errored in rollout
+are sent again; rows whose scorer failed keep their completion and are scored again, so a scorer
 fix never needs new model calls.
 """
 
 from __future__ import annotations
 
-import json
 import threading
-from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any
 
-from metis_pytest.store.runs import RowRecord, RunStore, SummaryContext, read_records
-
-CONDITIONS = ("benchmark_version", "completion_params", "dataset_revision", "prompt_hash")
-
-
-def _conditions(ctx: dict[str, Any]) -> dict[str, Any]:
-    return {key: ctx.get(key) for key in CONDITIONS}
-
-
-def _summary_conditions(summary: dict[str, Any]) -> dict[str, Any]:
-    return _conditions({**summary, "dataset_revision": (summary.get("dataset") or {}).get("revision")})
+from metis_pytest.store.runs import RECORDS, RowRecord, RunConditions, RunStore, read_records
 
 
 class ResumeIndex:
-    """Stored completions per (benchmark, model), handed out once each, per row id, oldest first."""
+    """Stored completions per (benchmark, model, completion key), one per (row id, run index)."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
-        self._queues: dict[tuple[str, str], dict[str, deque[RowRecord]]] = {}
+        self._index: dict[tuple[str, str, str], dict[tuple[str, int], RowRecord]] = {}
         self._lock = threading.Lock()
 
-    def take(self, ctx: SummaryContext, row_id: str) -> RowRecord | None:
-        """A stored scored row for ``row_id`` made under ``ctx``'s conditions, or None."""
-        key = (ctx.benchmark, ctx.model)
+    def take(self, cond: RunConditions, row_id: str, run_index: int) -> RowRecord | None:
+        """The stored record with a completion for this row and run index, handed out once."""
+        key = (cond.benchmark, cond.model, cond.completion_key)
         with self._lock:
-            if key not in self._queues:
-                self._queues[key] = self._load(ctx)
-            queue = self._queues[key].get(row_id)
-            return queue.popleft() if queue else None
+            if key not in self._index:
+                self._index[key] = self._load(self.store.model_dir(cond.benchmark, cond.model), cond.completion_key)
+            return self._index[key].pop((row_id, run_index), None)
 
-    def _load(self, ctx: SummaryContext) -> dict[str, deque[RowRecord]]:
-        want = _conditions(ctx.__dict__)
-        folder = self.store.model_dir(ctx.benchmark, ctx.model)
-        found: dict[str, deque[RowRecord]] = defaultdict(deque)
-        sources: list[tuple[dict[str, Any], Path]] = []
-        summary, rows = folder / "summary.json", folder / "rows.jsonl"
-        if summary.exists() and rows.exists():
-            sources.append((_summary_conditions(json.loads(summary.read_text())), rows))
-        for context in sorted(folder.glob(".parts/*/context.json")):
-            if context.parent.name == self.store.session_id:
-                continue
-            for part in sorted(context.parent.glob("*.jsonl")):
-                sources.append((_conditions(json.loads(context.read_text())), part))
-        for conditions, path in sources:
-            if conditions != want:
+    def _load(self, folder: Path, completion_key: str) -> dict[tuple[str, int], RowRecord]:
+        found: dict[tuple[str, int], RowRecord] = {}
+        own = f"{self.store.session_id}-"
+        for path in sorted((folder / RECORDS).glob("*.jsonl")):
+            if path.name.startswith(own):
                 continue
             for record in read_records(path):
-                if record.status == "scored" and record.completion is not None:
-                    found[record.row_id].append(record)
+                if record.completion_key != completion_key or not record.has_completion:
+                    continue
+                best = found.get(record.key)
+                if best is None or record.t >= best.t:
+                    found[record.key] = record
         return found

@@ -1,20 +1,33 @@
-"""The run store: ``<output-dir>/<benchmark>/<model>/``.
+"""The run store: ``<output-dir>/<benchmark>/<model>/``, append-only and keyed.
 
 Layout::
 
     runs/gsm8k/local/
-      rows.jsonl                      # every row of the latest session (merged), one JSON object a line
-      summary.json                    # score, standard error, n, n_errored, per-metric means, provenance
-      history/0001_<commit>_<date>.json   # every summary ever written, append-only (pytest-benchmark style)
-      .parts/<session>/<worker>.jsonl     # rows as they finish, flushed one by one (crash-safe)
+      records/<session>-<worker>.jsonl   # every row any session ever made here, flushed one by one; never rewritten
+      conditions/<key>.json              # the conditions a key stands for (model, sampling, data, prompt, version, judge)
+      rows.jsonl                         # the rows of the latest summary: one per (row, run index)
+      summary.json                       # built from every record made under the same conditions
+      history/0001_<commit>_<date>.json  # every summary ever written, append-only (pytest-benchmark style)
 
-Each pytest process (an xdist worker, or the only process) appends finished rows to its own part
-file immediately, so nothing finished is lost if the run dies. At session end the controller merges
-the parts of its session into ``rows.jsonl`` and ``summary.json``.
+A record is keyed by (benchmark, model, row id, run index, conditions). Two keys matter:
+
+- the *completion key* says which completions are interchangeable: the model and its sampling
+  parameters, the prompt (hash) and the data (id and revision). Not the endpoint's address: a
+  restarted server on a new port serves the same model. ``--resume`` reuses completions by it.
+- the *score key* adds what makes scores comparable: the benchmark version and the judge. A summary
+  is built from every record under its score key, whichever session made it, taking per (row, run
+  index) the latest scored record (else the latest errored one), so a ``--max-rows 3`` rerun or one
+  ``-k`` item adds to a model's record instead of replacing it; what this session selected is in
+  the summary's ``selection``.
+
+Each process appends to its own records file and flushes every row, so a crash loses only rows in
+flight. The controller merges at session end under a lock, so two sessions writing one folder never
+lose each other's rows; nothing is ever deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,9 +36,14 @@ import statistics
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+
+RECORDS = "records"
+CONDITIONS = "conditions"
 
 
 def slug(text: str) -> str:
@@ -33,43 +51,123 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-") or "model"
 
 
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunConditions:
+    """What a (benchmark, model) runs under: the provenance of every record, and its keys."""
+
+    benchmark: str
+    model: str
+    benchmark_version: str
+    sampling: dict[str, Any]  # completion params without the endpoint (model, temperature, max_tokens, ...)
+    dataset_id: str
+    dataset_revision: str
+    prompt_hash: str
+    primary_metric: str
+    dataset_split: str | None = None
+    judge: dict[str, Any] | None = None
+    completion_params: dict[str, Any] = field(default_factory=dict)  # as sent to Eval Protocol (public)
+    metric_notes: dict[str, str] = field(default_factory=dict)
+
+    def completion_fields(self) -> dict[str, Any]:
+        return {"benchmark": self.benchmark, "sampling": self.sampling, "dataset_id": self.dataset_id,
+                "dataset_revision": self.dataset_revision, "dataset_split": self.dataset_split,
+                "prompt_hash": self.prompt_hash}
+
+    def score_fields(self) -> dict[str, Any]:
+        return {**self.completion_fields(), "benchmark_version": self.benchmark_version, "judge": self.judge}
+
+    @property
+    def completion_key(self) -> str:
+        return _digest(self.completion_fields())
+
+    @property
+    def score_key(self) -> str:
+        return _digest(self.score_fields())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "completion_key": self.completion_key, "score_key": self.score_key}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConditions:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass
 class RowRecord:
-    """One scored (or errored) row, as written to ``rows.jsonl``."""
+    """One scored (or errored) row, as written to the records files and ``rows.jsonl``."""
 
     benchmark: str
     model: str
     row_id: str
-    run_id: str | None
+    run_index: int
     status: str  # "scored" | "errored"
     score: float | None
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
     error: dict[str, Any] | None = None
-    completion: str | None = None
+    completion: str | None = None  # the final assistant text
+    messages: list[dict[str, Any]] | None = None  # the whole conversation: tool calls, tool results, ...
     ground_truth: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     rollout_seconds: float | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # the scorer's (extracted answers, judge verdicts)
+    metadata: dict[str, Any] = field(default_factory=dict)  # resumed_from, replayed_from, attempts
+    score_key: str = ""
+    completion_key: str = ""
+    session: str = ""
+    worker: str = ""
+    run_id: str | None = None  # Eval Protocol's random id of the run inside one item
+    t: float = 0.0  # when it was recorded (seconds since the epoch)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, default=str)
 
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.row_id, self.run_index)
 
-@dataclass(frozen=True)
-class SummaryContext:
-    """Provenance written beside the numbers: what was run, with what, from which commit."""
+    @property
+    def has_completion(self) -> bool:
+        """A completion exists to re-score: scored, or errored in scoring (never a rollout error)."""
+        if self.completion is None and not self.messages:
+            return False
+        return self.status == "scored" or (self.error or {}).get("stage") == "scoring"
 
-    benchmark: str
-    benchmark_version: str
-    model: str
-    completion_params: dict[str, Any]
-    dataset_id: str
-    dataset_revision: str
-    prompt_hash: str
-    primary_metric: str
-    extra: dict[str, Any] = field(default_factory=dict)
+
+_RECORD_FIELDS = {f.name for f in fields(RowRecord)}
+
+
+def read_records(path: Path) -> list[RowRecord]:
+    """The rows of one JSONL file. A line cut short by a crash (the last one) is skipped."""
+    out = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                continue  # a write interrupted by kill -9
+            raise ValueError(f"{path} line {i + 1}: not a JSON record") from None
+        out.append(RowRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+    return out
+
+
+def select_latest(records: list[RowRecord]) -> dict[tuple[str, int], RowRecord]:
+    """Per (row id, run index): the latest scored record, else the latest errored one."""
+    chosen: dict[tuple[str, int], RowRecord] = {}
+    for r in sorted(records, key=lambda r: r.t):
+        best = chosen.get(r.key)
+        if best is None or r.status == "scored" or best.status != "scored":
+            chosen[r.key] = r
+    return chosen
 
 
 def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
@@ -83,54 +181,59 @@ def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
 def summarize(records: list[RowRecord]) -> dict[str, Any]:
     """Score, standard error and per-metric means over scored rows; errored rows only counted.
 
-    With several runs the standard error is taken over per-row means (rows are the sampling unit),
-    and ``runs`` gives each run's mean and the std across runs."""
+    Rows are the sampling unit: with several runs the standard error is over per-row means, and
+    ``runs`` gives each run index's mean and the std across runs."""
     scored = [r for r in records if r.status == "scored" and r.score is not None]
     by_row: dict[str, list[float]] = {}
     for r in scored:
         by_row.setdefault(r.row_id, []).append(float(r.score or 0.0))
-    row_means = [statistics.fmean(v) for v in by_row.values()]
-    score, se = _mean_se(row_means)
-    metric_names = sorted({m for r in scored for m in r.metrics})
+    score, se = _mean_se([statistics.fmean(v) for v in by_row.values()])
     metrics = {}
-    for name in metric_names:
+    for name in sorted({m for r in scored for m in r.metrics}):
         per_row: dict[str, list[float]] = {}
         for r in scored:
             if name in r.metrics:
                 per_row.setdefault(r.row_id, []).append(float(r.metrics[name]))
         mean, mse = _mean_se([statistics.fmean(v) for v in per_row.values()])
         metrics[name] = {"mean": mean, "stderr": mse, "n": len(per_row)}
-    by_run: dict[str, list[float]] = {}
+    by_run: dict[int, list[float]] = {}
     for r in scored:
-        by_run.setdefault(r.run_id or "run", []).append(float(r.score or 0.0))
-    run_means = [statistics.fmean(v) for v in by_run.values()]
+        by_run.setdefault(r.run_index, []).append(float(r.score or 0.0))
+    indexes = sorted(by_run)
+    run_means = [statistics.fmean(by_run[i]) for i in indexes]
     errored = [r for r in records if r.status == "errored"]
-    resumed = [r for r in scored if (r.metadata or {}).get("resumed_from")]
     return {
         "score": score,
         "stderr": se,
-        "n": len(row_means),
+        "n": len(by_row),
         "n_scored": len(scored),
         "n_errored": len(errored),
         "n_retryable": sum(1 for r in errored if (r.error or {}).get("retryable", True)),
-        "n_resumed": len(resumed),
+        "n_resumed": sum(1 for r in scored if r.metadata.get("resumed_from")),
         "metrics": metrics,
-        "runs": {"n": len(run_means), "means": run_means,
+        "runs": {"n": len(indexes), "indexes": indexes, "means": run_means,
                  "std": statistics.stdev(run_means) if len(run_means) > 1 else None},
     }
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def git_info(cwd: Path | None = None) -> dict[str, Any]:
+    """The commit and whether tracked files differ from it (``dirty``); Nones outside a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = (git("rev-parse", "--short=12", "HEAD") or "").strip() or None
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status.strip())}
 
 
 class RunStore:
-    """Reads and writes run records under one output directory for one pytest session."""
+    """Reads and writes run records under one output directory for one pytest process."""
 
     def __init__(self, root: Path, session_id: str, worker: str = "main", repo_dir: Path | None = None) -> None:
         self.root = Path(root)
@@ -140,32 +243,28 @@ class RunStore:
         self._lock = threading.Lock()
         self._files: dict[Path, Any] = {}
         self.counts: dict[tuple[str, str], dict[str, int]] = {}
-        self._contexts: set[tuple[str, str]] = set()
+        self._conditions: set[Path] = set()
 
     def model_dir(self, benchmark: str, model: str) -> Path:
         return self.root / slug(benchmark) / slug(model)
 
-    def _part(self, benchmark: str, model: str) -> Path:
-        return self.model_dir(benchmark, model) / ".parts" / self.session_id / f"{self.worker}.jsonl"
+    def records_path(self, benchmark: str, model: str) -> Path:
+        return self.model_dir(benchmark, model) / RECORDS / f"{self.session_id}-{self.worker}.jsonl"
 
-    def write_context_once(self, ctx: SummaryContext) -> None:
-        """Write the context of a (benchmark, model) the first time this process sees it."""
-        key = (ctx.benchmark, ctx.model)
-        if key not in self._contexts:
-            self._contexts.add(key)
-            self.write_context(ctx)
-
-    def write_context(self, ctx: SummaryContext) -> None:
-        """Record what this (benchmark, model) ran with; the merge reads it back."""
-        path = self.model_dir(ctx.benchmark, ctx.model) / ".parts" / self.session_id / "context.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{self.worker}.tmp")
-        tmp.write_text(json.dumps(asdict(ctx), indent=2, default=str))
-        os.replace(tmp, path)
+    def write_conditions(self, cond: RunConditions) -> None:
+        """Record what a key stands for (once per process and key)."""
+        path = self.model_dir(cond.benchmark, cond.model) / CONDITIONS / f"{cond.score_key}.json"
+        if path in self._conditions:
+            return
+        self._conditions.add(path)
+        if not path.exists():
+            _write_atomic(path, json.dumps(cond.to_json(), indent=2, sort_keys=True, default=str) + "\n")
 
     def append(self, record: RowRecord) -> None:
         """Append one row and flush it to disk before returning."""
-        path = self._part(record.benchmark, record.model)
+        record.session, record.worker = self.session_id, self.worker
+        record.t = record.t or time.time()
+        path = self.records_path(record.benchmark, record.model)
         line = record.to_json() + "\n"
         with self._lock:
             handle = self._files.get(path)
@@ -183,62 +282,116 @@ class RunStore:
                 handle.close()
             self._files.clear()
 
-    def session_parts(self) -> dict[Path, list[Path]]:
-        """Every (benchmark, model) folder that has rows from this session, with its part files."""
-        found: dict[Path, list[Path]] = {}
-        for part_dir in self.root.glob(f"*/*/.parts/{self.session_id}"):
-            files = sorted(part_dir.glob("*.jsonl"))
-            if files:
-                found[part_dir.parent.parent] = files
-        return found
+    def session_dirs(self) -> list[Path]:
+        """Every (benchmark, model) folder this session wrote records to (any of its workers)."""
+        return sorted({p.parent.parent for p in self.root.glob(f"*/*/{RECORDS}/{self.session_id}-*.jsonl")})
 
-    def merge(self, *, absorb_stale: bool = False) -> list[dict[str, Any]]:
-        """Merge this session's parts into ``rows.jsonl`` + ``summary.json`` (+ history); return summaries.
+    def merge(self, *, selection: dict[str, Any] | None = None, resume: bool = False) -> list[dict[str, Any]]:
+        """Rebuild ``rows.jsonl`` + ``summary.json`` (+ history) of every folder this session wrote to."""
+        return [self.merge_dir(d, selection=selection or {}, resume=resume) for d in self.session_dirs()]
 
-        With ``absorb_stale`` (a ``--resume`` session), part files that earlier sessions left behind
-        when they died are removed too: this session has taken over what was usable in them."""
-        summaries = []
-        for model_dir, parts in sorted(self.session_parts().items()):
-            records = [record for part in parts for record in read_records(part)]
-            ctx_path = parts[0].parent / "context.json"
-            context = json.loads(ctx_path.read_text()) if ctx_path.exists() else {}
+    def merge_dir(self, model_dir: Path, *, selection: dict[str, Any], resume: bool) -> dict[str, Any]:
+        with FileLock(str(model_dir / ".merge.lock"), timeout=120):
+            records = [r for p in sorted((model_dir / RECORDS).glob("*.jsonl")) for r in read_records(p)]
+            mine = [r for r in records if r.session == self.session_id]
+            key = max(mine, key=lambda r: r.t).score_key if mine else ""
+            cond = load_conditions(model_dir, key)
+            chosen = sorted(select_latest([r for r in records if r.score_key == key]).values(),
+                            key=lambda r: (r.row_id, r.run_index))
             summary = {
-                "benchmark": context.get("benchmark") or (records[0].benchmark if records else None),
-                "model": context.get("model") or (records[0].model if records else None),
-                **summarize(records),
-                "primary_metric": context.get("primary_metric"),
-                "benchmark_version": context.get("benchmark_version"),
-                "completion_params": context.get("completion_params"),
-                "dataset": {"id": context.get("dataset_id"), "revision": context.get("dataset_revision")},
-                "prompt_hash": context.get("prompt_hash"),
-                "git_commit": git_commit(self.repo_dir),
+                "benchmark": cond.benchmark if cond else mine[0].benchmark,
+                "model": cond.model if cond else mine[0].model,
+                **summarize(chosen),
+                "primary_metric": cond.primary_metric if cond else None,
+                "metric_notes": cond.metric_notes if cond else {},
+                "benchmark_version": cond.benchmark_version if cond else None,
+                "completion_params": cond.completion_params if cond else None,
+                "sampling": cond.sampling if cond else None,
+                "dataset": {"id": cond.dataset_id, "revision": cond.dataset_revision,
+                            "split": cond.dataset_split} if cond else None,
+                "prompt_hash": cond.prompt_hash if cond else None,
+                "judge": cond.judge if cond else None,
+                "score_key": key,
+                "completion_key": cond.completion_key if cond else None,
+                **_git_fields(git_info(self.repo_dir)),
                 "session": self.session_id,
-                "workers": sorted(p.stem for p in parts),
+                "sessions": sorted({r.session for r in chosen}),
+                "workers": sorted({r.worker for r in mine}),
+                "selection": {**selection, "rows_this_session": len({r.key for r in mine}),
+                              "rows_in_summary": len(chosen)},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **({"extra": context["extra"]} if context.get("extra") else {}),
             }
-            _write_atomic(model_dir / "rows.jsonl", "".join(r.to_json() + "\n" for r in records))
+            if resume:
+                summary["resume"] = resume_report(model_dir, mine, records, cond)
+            _write_atomic(model_dir / "rows.jsonl", "".join(r.to_json() + "\n" for r in chosen))
             _write_atomic(model_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
             _append_history(model_dir / "history", summary)
-            for part in parts:
-                part.unlink()
-            if absorb_stale:
-                for stale in model_dir.glob(".parts/*/*"):
-                    if stale.parent.name != self.session_id:
-                        stale.unlink()
-            summary["path"] = str(model_dir / "summary.json")
-            summaries.append(summary)
-        return summaries
+        summary["path"] = str(model_dir / "summary.json")
+        return summary
 
 
-def read_records(path: Path) -> list[RowRecord]:
-    """The rows of one JSONL file (``rows.jsonl`` or a part file)."""
-    return [RowRecord(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _git_fields(info: dict[str, Any]) -> dict[str, Any]:
+    return {"git_commit": info["commit"], "git_dirty": info["dirty"]}
+
+
+def load_conditions(model_dir: Path, key: str) -> RunConditions | None:
+    path = model_dir / CONDITIONS / f"{key}.json"
+    try:
+        return RunConditions.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def all_conditions(model_dir: Path) -> list[RunConditions]:
+    out = []
+    for path in sorted((model_dir / CONDITIONS).glob("*.json")):
+        try:
+            out.append(RunConditions.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def condition_diff(old: RunConditions, new: RunConditions) -> list[str]:
+    """What differs between two runs' completion conditions, as ``field: old -> new``."""
+    a, b = _flatten("", old.completion_fields()), _flatten("", new.completion_fields())
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def resume_report(model_dir: Path, mine: list[RowRecord], records: list[RowRecord],
+                  cond: RunConditions | None) -> dict[str, Any]:
+    """What ``--resume`` reused, what it sent again, and, when it reused nothing, why."""
+    reused = sum(1 for r in mine if r.metadata.get("resumed_from"))
+    report: dict[str, Any] = {"reused": reused, "sent": len(mine) - reused}
+    if reused or cond is None:
+        return report
+    others = [r for r in records if r.session != mine[0].session] if mine else []
+    same = [r for r in others if r.completion_key == cond.completion_key]
+    if not others:
+        report["note"] = "nothing reused: no earlier rows are stored for this benchmark and model"
+    elif same:
+        report["note"] = (f"nothing reused: the {len(same)} stored rows under these conditions have no completion "
+                          "(rollout errors), so they were sent again")
+    else:
+        diffs = sorted({d for c in all_conditions(model_dir) if c.completion_key != cond.completion_key
+                        for d in condition_diff(c, cond)})
+        report["note"] = (f"nothing reused: the {len(others)} stored rows were made under other conditions ("
+                          + "; ".join(diffs) + ")")
+    return report
 
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

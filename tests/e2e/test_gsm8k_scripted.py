@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evals.gsm8k import scoring
 from metis_pytest.testing import Fault, ScriptedServer
 from tests.e2e.conftest import ep_store_text, last_user, read_jsonl, smoke_golds
 
@@ -35,7 +36,7 @@ def test_scores_every_row_and_writes_the_run_record(scripted_llm_factory, run_ev
     s = summary(run_eval.out)
     assert (s["score"], s["n"], s["n_errored"]) == (1.0, 12, 0)
     assert s["metrics"]["strict_match"]["mean"] == 0.0 and s["metrics"]["flexible_extract"]["mean"] == 1.0
-    assert s["benchmark_version"] == "1.0.0" and s["dataset"]["id"] == "file:gsm8k_smoke.jsonl"
+    assert s["benchmark_version"] == scoring.VERSION and s["dataset"]["id"] == "file:gsm8k_smoke.jsonl"
     assert s["prompt_hash"] and s["completion_params"]["max_tokens"] == 77
     rows = read_jsonl(run_eval.out / "gsm8k" / "scripted" / "rows.jsonl")
     assert len(rows) == 12 and all(r["status"] == "scored" and r["score"] == 1.0 for r in rows)
@@ -60,9 +61,9 @@ def test_transient_faults_are_retried_and_no_row_is_lost(scripted_llm_factory, r
               Fault("status", status=503, at={5}),
               Fault("malformed", at={6}),
               Fault("disconnect", at={7}),
-              Fault("timeout", at={8}, hang_s=5.0)]
+              Fault("timeout", at={8}, hang_s=8.0)]
     server = scripted_llm_factory(default=correct, faults=faults)
-    result = run_eval(*openai_args(server), "--request-timeout", "1", "--concurrency", "1")
+    result = run_eval(*openai_args(server), "--request-timeout", "2", "--concurrency", "1")
     result.assert_outcomes(passed=1)
     s = summary(run_eval.out)
     assert (s["score"], s["n"], s["n_errored"]) == (1.0, 12, 0)
@@ -103,7 +104,8 @@ def test_xdist_workers_write_rows_and_the_controller_merges_one_summary(scripted
         s = summary(run_eval.out, model)
         assert (s["score"], s["n"]) == (1.0, 12)
         assert set(s["workers"]) <= {"gw0", "gw1"} and len(s["workers"]) == 1
-        assert not list((run_eval.out / "gsm8k" / model / ".parts").rglob("*.jsonl"))
+        [records] = (run_eval.out / "gsm8k" / model / "records").glob("*.jsonl")  # the worker's, kept
+        assert records.name == f"{s['session']}-{s['workers'][0]}.jsonl" and len(read_jsonl(records)) == 12
     result.stdout.fnmatch_lines(["*gsm8k [[]model-a[]] answer_tag=1.000*", "*gsm8k [[]model-b[]] answer_tag=1.000*"])
 
 

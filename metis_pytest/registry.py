@@ -1,0 +1,150 @@
+"""The benchmark registry: name -> loader, scorer, version, prompt hash. Read by every face of a scorer.
+
+The pytest evaluation (``metis_pytest.ep.evaluation_test``), verl's ``compute_score`` and the Eval
+Protocol evaluator all find a benchmark here, so they run the same scorer. A benchmark registers
+itself with :func:`register_benchmark` (which returns the spec unchanged) and is listed for lookup by
+name under the ``metis.benchmarks`` entry-point group of its distribution::
+
+    [project.entry-points."metis.benchmarks"]
+    gsm8k = "evals.gsm8k.benchmark:BENCHMARK"
+
+so a new benchmark needs its own folder and that one line, no change to the harness. This module
+imports nothing heavy: a spec's loader and scorer import what they need when called.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eval_protocol.models import EvaluateResult, EvaluationRow
+
+ENTRY_POINT_GROUP = "metis.benchmarks"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What a scorer returns: the score, per-metric values, and whether the score is real.
+
+    ``valid=False`` means the scorer could not decide (a judge that never answered in its JSON
+    contract): the row is recorded as errored at stage ``scoring`` (``retryable`` as the scorer says),
+    never counted as a 0. ``details`` is JSON-safe extra data (extracted answers, judge verdicts)."""
+
+    score: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
+    valid: bool = True
+    retryable: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.valid and not math.isfinite(self.score):
+            raise ValueError(f"a valid score must be a finite number, got {self.score!r}")
+
+    def to_evaluate_result(self) -> EvaluateResult:
+        """This result as Eval Protocol's ``EvaluateResult`` (imports eval_protocol lazily)."""
+        from eval_protocol.models import EvaluateResult, MetricResult
+
+        return EvaluateResult(
+            score=float(self.score) if self.valid else 0.0,
+            is_score_valid=self.valid,
+            reason=self.reason,
+            error=None if self.valid else self.reason,
+            metrics={name: MetricResult(score=float(value), is_score_valid=self.valid, reason="")
+                     for name, value in self.metrics.items()},
+            trajectory_info={"metis": {"retryable": self.retryable, "details": dict(self.details)}},
+        )
+
+
+Scorer = Callable[[str, Any, Mapping[str, Any]], ScoreResult]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a benchmark's rows come from: ``--dataset``, ``--dataset-split``, ``--dataset-revision``."""
+
+    source: str
+    split: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark as every face of Metis sees it.
+
+    - ``load(spec)`` returns Eval Protocol rows; ``dataset_id(spec)`` / ``dataset_revision(spec)``
+      name the data for provenance (a file's content hash, a Hub commit sha).
+    - ``score(completion, ground_truth, metadata)`` is the pure scorer, the one function the pytest
+      evaluation, verl's ``compute_score`` and the RFT evaluator call.
+    - ``processor`` names the rollout processor (``single_turn``; later ``agent``); ``axes`` names row
+      metadata fields (``input_metadata.dataset_info``) that split a model's rows into separate test
+      items, plus ``"run"`` for one item per ``--runs`` index, so ``pytest -n 8`` has work to spread and
+      ``-k`` selects. With no axes there is one item per model.
+    - a judged benchmark names its judge prompt's version (``judge_prompt_version``); the judge model
+      and that version are part of the conditions of every score it records.
+    """
+
+    name: str
+    version: str
+    primary_metric: str
+    default_source: str
+    load: Callable[[DataSpec], list[EvaluationRow]]
+    dataset_id: Callable[[DataSpec], str]
+    dataset_revision: Callable[[DataSpec], str]
+    score: Scorer
+    prompt_hash: str = ""
+    processor: str = "single_turn"
+    axes: tuple[str, ...] = ()
+    judge_prompt_version: str | None = None
+    metric_notes: Mapping[str, str] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+_loaded_entry_points = False
+
+
+def register_benchmark(bench: Benchmark) -> Benchmark:
+    """Make ``bench`` findable by name; returns it unchanged. Registering another spec under a name
+    that is taken is an error (two benchmarks must not silently share a name)."""
+    known = _REGISTRY.get(bench.name)
+    if known is not None and known is not bench and known != bench:
+        raise ValueError(f"benchmark {bench.name!r} is registered twice with different specs")
+    _REGISTRY[bench.name] = bench
+    return bench
+
+
+def _load_entry_points() -> None:
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            register_benchmark(ep.load())
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The benchmark registered as ``name`` (entry points are read on first use)."""
+    if name not in _REGISTRY:
+        _load_entry_points()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names()) or 'none'}") from None
+
+
+def benchmark_names() -> list[str]:
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def score_row(bench: Benchmark, row: EvaluationRow) -> ScoreResult:
+    """Score an Eval Protocol row with its benchmark's scorer (the pytest face of the scorer)."""
+    from metis_pytest.conversation import last_assistant_text
+
+    info = row.input_metadata.dataset_info if row.input_metadata else None
+    return bench.score(last_assistant_text(row), row.ground_truth, info or {})

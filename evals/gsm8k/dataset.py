@@ -14,20 +14,29 @@ Two JSONL shapes are accepted, detected per line:
 Every row becomes an ``EvaluationRow`` with ``messages = [system, user]`` (the system
 prompt is always ``prompts.SYSTEM_PROMPT``; a reference assistant turn is never sent to the
 model), ``ground_truth`` = the normalized gold number (``"1080"``), and the reference
-solution, source, split, index and revision in ``input_metadata.dataset_info``.
+solution, source, split, index and revision in ``input_metadata.dataset_info``. The revision is
+the file's SHA-256 prefix for a local file and the resolved Hub commit sha for ``openai/gsm8k``
+(``resolve_hf_revision``), so a result names exactly the data it was computed on.
+
+Every ``DatasetError`` message is one line (line breaks in paths or values are escaped) and names
+the file (or ``openai/gsm8k (main, <split>) row N``), the 1-based line and the offending field.
 
 Run the eval with ``pytest evals/gsm8k --model ...``.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from eval_protocol.models import EvaluationRow, InputMetadata, Message
+
+from metis_pytest.errors import DatasetError as HarnessDatasetError
 
 from . import prompts
 from .scoring import gold_from_answer, gold_number, normalize_number
@@ -44,6 +53,7 @@ __all__ = [
     "load",
     "load_hf",
     "load_jsonl",
+    "resolve_hf_revision",
     "to_row",
 ]
 
@@ -58,8 +68,27 @@ DEFAULT_SOURCE: str = "hf"
 _HF_INSTALL_HINT = "pip install 'metis-pytest[hf]'"
 
 
-class DatasetError(ValueError):
-    """A dataset file or record that cannot be turned into GSM8K rows."""
+# Characters str.splitlines() breaks on; escaped so every DatasetError message is one line.
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+# A full commit sha: already a pin, recorded as is without asking the Hub.
+_COMMIT_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
+# Hub revisions resolved in this process (requested revision -> commit sha), so the rows and the
+# run's recorded revision agree even if a branch moves between ``load_hf`` and ``dataset_revision``.
+_RESOLVED_REVISIONS: dict[str, str] = {}
+
+
+def _one_line(message: str) -> str:
+    return "".join(ascii(char)[1:-1] if char in _LINE_BREAKS else char for char in message)
+
+
+class DatasetError(HarnessDatasetError):
+    """A dataset file or record that cannot be turned into GSM8K rows.
+
+    The message is always one line: line breaks in it (from a path or a value) are escaped.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(str(message)))
 
 
 def to_row(
@@ -114,15 +143,51 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def resolve_hf_revision(revision: str | None) -> str:
+    """The Hub commit sha of ``openai/gsm8k`` at ``revision`` (a branch, tag or sha; None = ``"main"``).
+
+    A full 40-hex commit sha is returned as is (lower-cased) without contacting the Hub, so a pinned
+    run works offline from the Hugging Face cache. Anything else is resolved with
+    ``huggingface_hub.HfApi().dataset_info(DATASET_ID, revision=...).sha`` (imported lazily) and
+    remembered for the rest of the process. Raises ``DatasetError`` (one line, naming the dataset and
+    the revision) when ``huggingface_hub`` is missing or the Hub cannot be asked.
+    """
+    requested = revision or "main"
+    if _COMMIT_SHA_RE.fullmatch(requested):
+        return requested.lower()
+    if requested in _RESOLVED_REVISIONS:
+        return _RESOLVED_REVISIONS[requested]
+    advice = "pass --dataset-revision <sha> or a local file (--dataset path/to/test.jsonl)"
+    failed = f"{DATASET_ID}: cannot resolve revision {requested!r} to a commit sha"
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise DatasetError(
+            f"{failed} (huggingface_hub is not installed: {_HF_INSTALL_HINT}); {advice}"
+        ) from None
+    try:
+        sha = HfApi().dataset_info(DATASET_ID, revision=requested).sha
+    except Exception as exc:  # offline, DNS, HTTP 4xx/5xx, unknown revision: all reported the same way
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        raise DatasetError(f"{failed} ({reason}); {advice}") from None
+    if not isinstance(sha, str) or not _COMMIT_SHA_RE.fullmatch(sha):
+        raise DatasetError(f"{failed} (the Hub returned sha {sha!r}); {advice}")
+    _RESOLVED_REVISIONS[requested] = sha.lower()
+    return _RESOLVED_REVISIONS[requested]
+
+
 def dataset_revision(source: str | Path, revision: str | None = None) -> str:
     """Revision recorded with results.
 
     For a local file: the first 12 hex characters of the file's SHA-256 (``revision`` is
-    ignored). For the Hugging Face dataset (``"hf"``, ``"openai/gsm8k"``): ``revision`` or
-    ``"main"``.
+    ignored). For the Hugging Face dataset (``"hf"``, ``"openai/gsm8k"``, ``"hf:openai/gsm8k"``):
+    the full commit sha that ``revision`` (default ``"main"``) resolves to, see
+    ``resolve_hf_revision``.
     """
     if isinstance(source, str) and source in _HF_ALIASES:
-        return revision or "main"
+        return resolve_hf_revision(revision)
     path = Path(source)
     if not path.is_file():
         raise DatasetError(f"{path}: not an existing file (and not a known HF id {sorted(_HF_ALIASES)})")
@@ -238,8 +303,11 @@ def load_jsonl(path: str | Path) -> list[EvaluationRow]:
     """Load a GSM8K JSONL file (raw or quickstart shape, detected per line).
 
     Blank lines are skipped; ``index`` and the row id count records, not lines
-    (``gsm8k-<split or file stem>-<index:05d>``). Any bad record raises ``DatasetError``
-    naming the file, the 1-based line number and the offending field.
+    (``gsm8k-<split or file stem>-<index:05d>``). A UTF-8 byte order mark at the start of the
+    file (line 1) is accepted and ignored (``utf-8-sig``); anywhere else it is a JSON error. Any
+    bad record raises ``DatasetError`` naming the file, the 1-based line number and the offending
+    field; a JSON or UTF-8 error also gives the 1-based *character* column within the line (a
+    line-1 BOM is not counted): ``<file> line N: invalid JSON (<msg> at column C)``.
     """
     file_path = Path(path)
     if not file_path.is_file():
@@ -251,16 +319,31 @@ def load_jsonl(path: str | Path) -> list[EvaluationRow]:
     with file_path.open("rb") as handle:
         for line_number, raw_line in enumerate(handle, start=1):
             where = f"{file_path} line {line_number}"
+            if line_number == 1 and raw_line.startswith(codecs.BOM_UTF8):
+                raw_line = raw_line[len(codecs.BOM_UTF8) :]
             try:
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DatasetError(f"{where}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                # The bytes before the bad one decode (the error is the first one); count characters.
+                column = len(raw_line[: exc.start].decode("utf-8")) + 1
+                bad = raw_line[exc.start : exc.start + 1].hex()
+                raise DatasetError(
+                    f"{where}: not valid UTF-8 ({exc.reason}, byte 0x{bad}, at column {column})"
+                ) from None
             if not line.strip():
                 continue
+            # Drop the line terminator: left in, an error at the end of a truncated line is placed
+            # by json after the "\n" (its line 2, column 1). Without it the text has no "\n", so
+            # ``colno`` is ``pos + 1``: the 1-based column in characters (code points, not bytes)
+            # from the start of the line (after a line-1 BOM, removed above); len(line) + 1 means
+            # "at the end of the line".
+            line = line[:-1] if line.endswith("\n") else line
+            line = line[:-1] if line.endswith("\r") else line
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                message = exc.msg.removesuffix(" at")  # "Invalid control character at" + " at column"
+                raise DatasetError(f"{where}: invalid JSON ({message} at column {exc.colno})") from None
             rows.append(
                 _record_to_row(
                     record,
@@ -277,14 +360,20 @@ def load_jsonl(path: str | Path) -> list[EvaluationRow]:
     return rows
 
 
+def _check_split(split: str, where: str = DATASET_ID) -> None:
+    if split not in SPLITS:
+        raise DatasetError(f"{where}: unknown split {split!r}; expected one of {list(SPLITS)}")
+
+
 def load_hf(split: str = "test", revision: str | None = None) -> list[EvaluationRow]:
     """Load ``openai/gsm8k`` (config ``main``) from the Hugging Face Hub.
 
     Needs the optional ``datasets`` dependency (``pip install 'metis-pytest[hf]'``).
-    ``revision`` pins a Hub commit/tag; it is recorded in each row's ``dataset_info``.
+    ``revision`` (a branch, tag or commit sha; default ``"main"``) is resolved to a commit sha
+    (``resolve_hf_revision``); that sha is what ``load_dataset`` is asked for and what each row's
+    ``dataset_info["revision"]`` records (``dataset_info["requested_revision"]`` keeps what was asked).
     """
-    if split not in SPLITS:
-        raise DatasetError(f"{DATASET_ID}: unknown split {split!r}; expected one of {list(SPLITS)}")
+    _check_split(split)
     try:
         import datasets as hf_datasets
     except ImportError:
@@ -293,11 +382,12 @@ def load_hf(split: str = "test", revision: str | None = None) -> list[Evaluation
     if load_dataset is None:
         # Also reached when `import datasets` finds the repository's own datasets/ data folder
         # (a namespace package, because Hugging Face's library is not installed).
-        raise RuntimeError(
+        raise DatasetError(
             f"Loading {DATASET_ID} from the Hugging Face Hub needs the `datasets` library: {_HF_INSTALL_HINT}"
         )
-    records: Iterable[Any] = load_dataset(DATASET_ID, HF_CONFIG, split=split, revision=revision)
-    extra = {"revision": revision or "main", "hf_config": HF_CONFIG}
+    sha = resolve_hf_revision(revision)
+    records: Iterable[Any] = load_dataset(DATASET_ID, HF_CONFIG, split=split, revision=sha)
+    extra = {"revision": sha, "requested_revision": revision or "main", "hf_config": HF_CONFIG}
     rows: list[EvaluationRow] = []
     for index, record in enumerate(records):
         where = f"{DATASET_ID} ({HF_CONFIG}, {split}) row {index}"
@@ -324,6 +414,9 @@ def load(source: str, split: str = "test", revision: str | None = None) -> list[
     * an existing directory -> ``load_jsonl(source/<split>.jsonl)``;
     * ``"hf"``, ``"openai/gsm8k"`` or ``"hf:openai/gsm8k"`` -> ``load_hf(split, revision)``;
     * anything else -> ``DatasetError``.
+
+    ``split`` must be ``"train"`` or ``"test"`` for the Hub and for a directory (``DatasetError``
+    otherwise).
     """
     source_str = str(source)
     path = Path(source_str)
@@ -332,6 +425,7 @@ def load(source: str, split: str = "test", revision: str | None = None) -> list[
     if source_str in _HF_ALIASES:
         return load_hf(split=split, revision=revision)
     if path.is_dir():
+        _check_split(split, where=str(path))
         candidate = path / f"{split}.jsonl"
         if candidate.is_file():
             return load_jsonl(candidate)

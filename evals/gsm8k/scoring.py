@@ -6,8 +6,9 @@ reference solution.
 
 Three extractors turn a model completion into a canonical number string:
 
-* ``answer_tag`` (primary metric): the last ``<answer>...</answer>`` block, which is what
-  the system prompt in ``evals.gsm8k.prompts`` asks for (Eval Protocol quickstart format).
+* ``answer_tag`` (primary metric): the *leading* number of the last ``<answer>...</answer>``
+  block, which is what the system prompt in ``evals.gsm8k.prompts`` asks for (Eval Protocol
+  quickstart format); the exact rule is in ``extract_answer_tag``.
 * ``strict_match``: lm-evaluation-harness ``gsm8k`` task, filter ``strict-match``:
   regex ``#### (\\-?[0-9\\.\\,]+)``, first match.
 * ``flexible_extract``: lm-evaluation-harness ``gsm8k`` task, filter ``flexible-extract``:
@@ -22,6 +23,9 @@ then fail to compare.
 
 This module does no I/O and imports nothing outside the standard library at import time;
 ``eval_protocol.models`` is imported only inside ``GSM8KScore.to_evaluate_result``.
+
+``METRIC_NOTES`` holds a one-sentence caveat per metric that needs one (the harness copies it
+into ``summary.json``): ``strict_match`` in particular is 0 by construction under this prompt.
 
 Run the eval with ``pytest evals/gsm8k --model ...``; the scorer's own tests are
 ``pytest tests/evals/test_gsm8k_scoring.py``.
@@ -41,6 +45,7 @@ __all__ = [
     "BENCHMARK",
     "EXTRACTORS",
     "METRIC_NAMES",
+    "METRIC_NOTES",
     "PRIMARY_METRIC",
     "VERSION",
     "GSM8KScore",
@@ -55,9 +60,22 @@ __all__ = [
 ]
 
 BENCHMARK: str = "gsm8k"
-VERSION: str = "1.0.0"
+VERSION: str = "1.1.0"
 PRIMARY_METRIC: str = "answer_tag"
 METRIC_NAMES: tuple[str, ...] = ("answer_tag", "strict_match", "flexible_extract")
+# One sentence per metric that needs a caveat next to its number (copied into summary.json).
+METRIC_NOTES: dict[str, str] = {
+    "strict_match": (
+        "lm-eval-harness strict-match reads only a '#### N' line, which this eval's <answer>-tag "
+        "prompt never asks for, so it is 0 by construction for a model that follows the prompt "
+        "(nonzero only when a model writes '#### N' anyway) and is not a measure of model failure."
+    ),
+    "flexible_extract": (
+        "lm-eval-harness flexible-extract takes the last number anywhere in the completion, tag or "
+        "not, so it can credit a right number in the reasoning when the tagged answer is wrong or "
+        "missing, and miss a right tagged answer that is followed by other numbers."
+    ),
+}
 
 # Characters read as a minus sign: ASCII hyphen-minus and U+2212 MINUS SIGN. (Not the en
 # dash: "5\u20137" is a range far more often than it is "5, -7".)
@@ -73,12 +91,30 @@ _GROUPED_INT = re.compile(r"\d{1,3}(?:,\d{3})+")
 _STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 _FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 
-_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-# A number inside free text: optional sign (not glued to a preceding word or digit),
-# optional "$", digits with optional commas and decimals.
-_NUMBER_IN_TEXT_RE = re.compile(
-    r"(?:(?<![0-9A-Za-z])[" + _MINUS_CHARS + r"]\s?)?\$?\s?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+# The last complete block: an opening tag (attributes allowed, ``<answer type="number">``), then
+# content that holds no further opening tag (so ``<answer>18 <answer>20</answer>`` reads 20), then
+# the closing tag.
+_ANSWER_TAG_RE = re.compile(
+    r"<answer(?:\s[^<>]*)?>((?:(?!<answer[\s>]).)*?)</answer\s*>", re.IGNORECASE | re.DOTALL
 )
+# LaTeX wrappers whose argument is kept: \boxed{18} -> 18, \text{ ft} -> " ft".
+_LATEX_WRAPPER_RE = re.compile(r"\\(?:boxed|fbox|text|textrm|textbf|mathrm|mathbf)\s*\{")
+# LaTeX math delimiters \( \) \[ \], dropped.
+_LATEX_DELIMITER_RE = re.compile(r"\\[()\[\]]")
+# LaTeX thin space used as a thousands separator between digit groups: 1\,080 -> 1,080.
+_LATEX_THIN_SPACE_RE = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+# A list marker ("- ", "* ", "+ ", "• ") at the start of a line: a bullet, never a sign.
+_BULLET_RE = re.compile(r"^([ \t]*)[-*+\u2022][ \t]+", re.MULTILINE)
+# A number-like token: optional sign and/or "$", then digits with commas inside and an optional
+# decimal part, or a bare decimal part (".5"). Validity (comma grouping) is checked afterwards.
+_NUMBER_TOKEN_RE = re.compile(
+    r"(?P<prefix>[" + _MINUS_CHARS + r"]\$?|\$[" + _MINUS_CHARS + r"]?)?"
+    r"(?P<digits>\d(?:[\d,]*\d)?(?:\.\d+)?|\.\d+)"
+)
+# After the leading token: a glued fraction ("3/4") or more digit groups ("1.2.3") make it
+# something other than a plain decimal.
+_NOT_A_PLAIN_NUMBER_AFTER_RE = re.compile(r"/\.?\d|[.,]\d")
+_BRACKETS = {"(": ")", "[": "]", "{": "}"}
 _GOLD_HASHES_RE = re.compile(r"####[ \t]*([^\n]*)")
 
 
@@ -134,34 +170,117 @@ def _to_decimal(text: str | None) -> Decimal | None:
         return None
 
 
-def _last_number_in(text: str) -> str | None:
-    """The last substring of ``text`` that normalizes to a number."""
-    for match in reversed(list(_NUMBER_IN_TEXT_RE.finditer(text))):
-        value = normalize_number(match.group(0))
-        if value is not None:
-            return value
-    return None
+def _unwrap_latex_wrappers(text: str) -> str:
+    r"""``\boxed{1{,}080}`` -> ``1{,}080`` (braces matched, nesting allowed; an unclosed one stays)."""
+    while True:
+        match = _LATEX_WRAPPER_RE.search(text)
+        if match is None:
+            return text
+        depth, end = 1, match.end()
+        while end < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        if depth:  # unbalanced: drop just the command name so the loop ends
+            return text[: match.start()] + text[match.end() - 1 :]
+        text = text[: match.start()] + text[match.end() : end - 1] + text[end:]
+
+
+def _clean_tag_content(content: str) -> str:
+    """Tag content with LaTeX number markup and list markers removed, stripped."""
+    text = _unwrap_latex_wrappers(content)
+    text = text.replace("{,}", ",").replace("\\$", "$").replace("\\%", "%")
+    text = _LATEX_THIN_SPACE_RE.sub(",", text)
+    text = _LATEX_DELIMITER_RE.sub(" ", text)
+    text = _BULLET_RE.sub(r"\1", text)
+    return text.strip()
+
+
+def _after_last_top_level_equals(text: str) -> str | None:
+    """The text after the last ``=`` (or ``≈``) that is outside (), [] and {}; None if none."""
+    depth, position = 0, None
+    closers = set(_BRACKETS.values())
+    for index, char in enumerate(text):
+        if char in _BRACKETS:
+            depth += 1
+        elif char in closers:
+            depth = max(depth - 1, 0)
+        elif char in "=\u2248" and depth == 0:
+            position = index
+    return None if position is None else text[position + 1 :]
+
+
+_NO_TOKEN = object()
+
+
+def _leading_number(text: str) -> str | None | object:
+    """Normalized leading number-like token of ``text``.
+
+    Returns ``_NO_TOKEN`` when ``text`` has no number-like token, None when the leading token is
+    not a plain decimal (bad comma grouping ``1,2``, fraction ``3/4``, ``1.2.3``).
+    """
+    stripped = text.strip()
+    whole = normalize_number(stripped)
+    if whole is not None:  # the text is exactly one number, e.g. "− 7", "$-5", "97$", "45 %"
+        return whole
+    for match in _NUMBER_TOKEN_RE.finditer(stripped):
+        start = match.start()
+        before = stripped[start - 1] if start else ""
+        prefix = match.group("prefix") or ""
+        if not prefix and (before.isalnum() or before == "_"):
+            continue  # digits glued to a word: "x2", "m3"
+        token = match.group(0)
+        if prefix and prefix[0] in _MINUS_CHARS and (before.isalnum() or before in ")]}"):
+            token = token[1:]  # "a-10", ")-10": the minus is an operator, not a sign
+        if _NOT_A_PLAIN_NUMBER_AFTER_RE.match(stripped, match.end()):
+            return None
+        return normalize_number(token)
+    return _NO_TOKEN
 
 
 def extract_answer_tag(text: str) -> str | None:
-    """Number in the last complete ``<answer>...</answer>`` block of ``text`` (case-insensitive).
+    r"""Leading number of the last complete ``<answer>...</answer>`` block of ``text``.
 
-    Whitespace and newlines inside the tag are ignored. If the content is not a bare number
-    (``<answer>The answer is $1,080.</answer>``) the last number inside the tag is used.
-    An opening tag without its closing tag, an empty tag, or a tag without a number gives None.
+    The rule, in order:
+
+    1. **Block.** The last complete block wins: an opening tag ``<answer>`` (any case, attributes
+       allowed: ``<answer type="number">``) and the next ``</answer>``; if the content holds another
+       opening tag, the content starts after the last one. No closing tag -> None.
+    2. **Clean-up.** LaTeX wrappers ``\boxed{}``, ``\fbox{}``, ``\text{}``, ``\textrm{}``,
+       ``\textbf{}``, ``\mathrm{}``, ``\mathbf{}`` are unwrapped; ``{,}`` and ``\,`` between digit
+       groups become thousands commas; ``\$`` -> ``$``, ``\%`` -> ``%``; ``\( \) \[ \]`` are dropped.
+       A list marker (``-``, ``*``, ``+`` or ``•`` followed by a space or tab) at the start of a line
+       is a bullet and is removed: ``"\n- 18\n"`` is 18, while ``-18`` and ``−18`` stay negative.
+    3. **Equation.** If the content has an ``=`` (or ``≈``) outside (), [] and {}, the answer is read
+       from the text after the last such sign: ``x = 18`` -> 18, ``3 boxes of 24 = 72`` -> 72,
+       ``(3 + 15) = 18`` -> 18; an ``=`` inside brackets is commentary and ignored:
+       ``19 (not 3*6 = 18)`` -> 19. If that text has no number, step 4 reads the whole content.
+    4. **Leading number.** The text (the content, or what follows the ``=``) is read as a number if
+       it is exactly one (``normalize_number``: ``− 7``, ``$-5``, ``97$``, ``1,080``); otherwise its
+       *first* number-like token is the answer: ``19 (not 18)`` -> 19, ``18 ft^2`` -> 18,
+       ``The answer is $1,080.`` -> 1080, ``15 - 10`` -> 15, ``Step 1: ... 18`` -> 1 (working
+       belongs outside the tag). A token is an optional sign and/or ``$`` and digits with optional
+       thousands commas and decimals; digits glued to a word (``x2``) are not a token. A minus
+       (``-`` or ``−``) is the token's sign only when it touches the digits (``-18``, ``-$5``) and
+       does not follow a letter, digit or closing bracket; ``15 - 10`` therefore never reads -10.
+    5. **Unreadable.** A leading token that is not a plain decimal gives None rather than a guess:
+       invalid comma grouping (``1,2``, ``3,4,5``), a fraction (``3/4``), ``1.2.3``. An empty tag or
+       one without any number also gives None.
     """
     if not isinstance(text, str):
         return None
     blocks = _ANSWER_TAG_RE.findall(text)
     if not blocks:
         return None
-    content = blocks[-1].strip()
+    content = _clean_tag_content(blocks[-1])
     if not content:
         return None
-    value = normalize_number(content)
-    if value is not None:
-        return value
-    return _last_number_in(content)
+    after_equals = _after_last_top_level_equals(content)
+    if after_equals is not None:
+        value = _leading_number(after_equals)
+        if value is not _NO_TOKEN:
+            return value  # type: ignore[return-value]
+    value = _leading_number(content)
+    return None if value is _NO_TOKEN else value  # type: ignore[return-value]
 
 
 def extract_strict(text: str) -> str | None:

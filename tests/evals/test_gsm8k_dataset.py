@@ -3,7 +3,8 @@
 GSM8K: Cobbe et al. 2021, arXiv:2110.14168; Hugging Face ``openai/gsm8k`` (config ``main``).
 Small inputs are written to ``tmp_path``; the real-data tests read the shared dataset folder
 (``<repo>/../shared/datasets``, or ``$METIS_SHARED_DATASETS``) and skip if it is absent. The
-Hugging Face loader is tested offline with a monkeypatched ``datasets.load_dataset``.
+Hugging Face loader is tested offline with a monkeypatched ``datasets.load_dataset`` and
+``huggingface_hub.HfApi`` (which resolves a revision to its commit sha).
 
 Run: ``pytest tests/evals/test_gsm8k_dataset.py``.
 """
@@ -29,6 +30,7 @@ from evals.gsm8k.dataset import (
     load,
     load_hf,
     load_jsonl,
+    resolve_hf_revision,
     to_row,
 )
 from evals.gsm8k.scoring import score
@@ -230,6 +232,118 @@ def test_load_jsonl_bad_utf8(tmp_path: Path) -> None:
         load_jsonl(path)
 
 
+GOOD_LINE = b'{"question": "q", "answer": "#### 1"}\n'
+
+# (id, file bytes, line, exact text after "<file> line N: "). Columns are 1-based characters of the
+# line (not bytes), counted from its start; len(line) + 1 is "at the end of the line".
+BAD_LINE_MESSAGE_CASES = [
+    ("truncated record, end of line", GOOD_LINE + b'{"question": "x", \n', 2,
+     "invalid JSON (Expecting property name enclosed in double quotes at column 19)"),
+    ("truncated after value", b'{"question": "x"\n', 1, "invalid JSON (Expecting ',' delimiter at column 17)"),
+    ("truncated, crlf", b'{"a": 1,\r\n', 1,
+     "invalid JSON (Expecting property name enclosed in double quotes at column 9)"),
+    ("truncated, no final newline", GOOD_LINE + b'{"a":', 2, "invalid JSON (Expecting value at column 6)"),
+    ("mid-line", b'{"question": 1,,}\n', 1,
+     "invalid JSON (Expecting property name enclosed in double quotes at column 16)"),
+    ("leading spaces count", b'   {"a" 1}\n', 1, "invalid JSON (Expecting ':' delimiter at column 9)"),
+    ("extra data", b'{"question": "q", "answer": "#### 1"} trailing\n', 1, "invalid JSON (Extra data at column 39)"),
+    # "Zo\u00eb paid \u20ac5 \U0001f4b0, " is 30 characters but 36 bytes: the column counts characters.
+    ("multibyte before the error", '{"question": "Zo\u00eb paid \u20ac5 \U0001f4b0", oops}\n'.encode(), 1,
+     "invalid JSON (Expecting property name enclosed in double quotes at column 31)"),
+    ("control character in string", b'{"a": "x\x01"}\n', 1, "invalid JSON (Invalid control character at column 9)"),
+    ("BOM on line 1 is not counted", b"\xef\xbb\xbf" + b'{"question": 1,,}\n', 1,
+     "invalid JSON (Expecting property name enclosed in double quotes at column 16)"),
+    ("BOM on a later line is an error", GOOD_LINE + b"\xef\xbb\xbf" + GOOD_LINE, 2,
+     "invalid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)"),
+    ("bad UTF-8 after multibyte", '{"question": "\u00e9'.encode() + b'\xff"}\n', 1,
+     "not valid UTF-8 (invalid start byte, byte 0xff, at column 16)"),
+    ("bad UTF-8 after BOM", b"\xef\xbb\xbf\xff\n", 1, "not valid UTF-8 (invalid start byte, byte 0xff, at column 1)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "line_number", "expected"),
+    [case[1:] for case in BAD_LINE_MESSAGE_CASES],
+    ids=[case[0] for case in BAD_LINE_MESSAGE_CASES],
+)
+def test_load_jsonl_bad_line_exact_message(tmp_path: Path, content: bytes, line_number: int, expected: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as excinfo:
+        load_jsonl(path)
+    assert str(excinfo.value) == f"{path} line {line_number}: {expected}"
+
+
+def test_load_jsonl_accepts_bom_on_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "test.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(RAW_RECORDS[0]).encode() + b"\n" + json.dumps(RAW_RECORDS[1]).encode())
+    rows = load_jsonl(path)
+    assert [row.ground_truth for row in rows] == ["72", "1080"]
+    assert rows[0].messages[1].content == RAW_RECORDS[0]["question"]
+
+
+def test_load_jsonl_bom_only_first_line_is_blank(tmp_path: Path) -> None:
+    path = tmp_path / "test.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(RAW_RECORDS[0]).encode() + b"\n")
+    (row,) = load_jsonl(path)
+    assert row.input_metadata.dataset_info["line"] == 2
+
+
+# --------------------------------------------------------------------------- one-line errors
+
+
+@pytest.mark.parametrize(
+    ("lines", "line_number", "fragment"),
+    [case[1:] for case in BAD_JSONL_CASES],
+    ids=[case[0] for case in BAD_JSONL_CASES],
+)
+def test_dataset_errors_are_one_line(tmp_path: Path, lines: list[Any], line_number: int, fragment: str) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(DatasetError) as excinfo:
+        load_jsonl(path)
+    assert len(str(excinfo.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        ({"question": "q", "answer": "line one\n#### seventy\ntwo"}, "field 'answer'"),
+        ({"messages": [{"role": "user", "content": "q"}], "ground_truth": "no\nnumber\u2028here"},
+         "field 'ground_truth'"),
+        ({"que\nstion": "q", "answer": "#### 1"}, "'que\\nstion'"),
+    ],
+    ids=["newlines in answer", "line breaks in ground truth", "newline in a key"],
+)
+def test_dataset_error_with_line_breaks_in_values_is_one_line(
+    tmp_path: Path, record: dict[str, Any], fragment: str
+) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", [RAW_RECORDS[0], record])
+    with pytest.raises(DatasetError) as excinfo:
+        load_jsonl(path)
+    message = str(excinfo.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"{path} line 2: ")
+    assert fragment in message
+
+
+def test_dataset_error_with_newline_in_path_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "odd\nfolder"
+    folder.mkdir()
+    path = _write_jsonl(folder / "bad.jsonl", [{"question": "q", "answer": 72}])
+    with pytest.raises(DatasetError) as excinfo:
+        load_jsonl(path)
+    message = str(excinfo.value)
+    assert len(message.splitlines()) == 1
+    assert "odd\\nfolder" in message
+    assert message.endswith("bad.jsonl line 1: field 'answer' must be a string")
+
+
+def test_dataset_error_escapes_every_line_break() -> None:
+    message = str(DatasetError("a\nb\rc\u2028d\x85e"))
+    assert message == "a\\nb\\rc\\u2028d\\x85e"
+    assert len(message.splitlines()) == 1
+
+
 @pytest.mark.parametrize(("name", "content"), [("missing.jsonl", None), ("empty.jsonl", "\n\n")])
 def test_load_jsonl_missing_or_empty(tmp_path: Path, name: str, content: str | None) -> None:
     path = tmp_path / name
@@ -273,6 +387,108 @@ def test_load_shared_quickstart() -> None:
         assert score(record["messages"][-1]["content"], row.ground_truth).score == 1.0
 
 
+# --------------------------------------------------------------------------- Hub revision
+
+
+FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
+PINNED_SHA = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+class _FakeHub:
+    """Stands in for ``huggingface_hub.HfApi``: records ``dataset_info`` calls, returns ``sha``."""
+
+    def __init__(self) -> None:
+        self.sha: Any = FAKE_SHA
+        self.error: Exception | None = None
+        self.calls: list[tuple[str, str | None]] = []
+
+    def api_class(self) -> type:
+        hub = self
+
+        class FakeHfApi:
+            def dataset_info(self, repo_id: str, revision: str | None = None, **kwargs: Any) -> Any:
+                hub.calls.append((repo_id, revision))
+                if hub.error is not None:
+                    raise hub.error
+                return types.SimpleNamespace(id=repo_id, sha=hub.sha)
+
+        return FakeHfApi
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> _FakeHub:
+    """Replace ``huggingface_hub.HfApi`` (or the whole module, if it is not installed); empty cache."""
+    hub = _FakeHub()
+    monkeypatch.setattr(dataset, "_RESOLVED_REVISIONS", {})
+    try:
+        import huggingface_hub as real_hub
+    except ImportError:
+        real_hub = None
+    if real_hub is not None:
+        monkeypatch.setattr(real_hub, "HfApi", hub.api_class())
+    else:
+        module = types.ModuleType("huggingface_hub")
+        module.HfApi = hub.api_class()  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "huggingface_hub", module)
+    return hub
+
+
+def test_resolve_hf_revision_default_is_main_sha(fake_hub: _FakeHub) -> None:
+    assert resolve_hf_revision(None) == FAKE_SHA
+    assert fake_hub.calls == [("openai/gsm8k", "main")]
+
+
+def test_resolve_hf_revision_branch_or_tag(fake_hub: _FakeHub) -> None:
+    assert resolve_hf_revision("refs/convert/parquet") == FAKE_SHA
+    assert fake_hub.calls == [("openai/gsm8k", "refs/convert/parquet")]
+
+
+def test_resolve_hf_revision_is_remembered(fake_hub: _FakeHub) -> None:
+    """One answer per revision per process: the rows and the recorded revision agree."""
+    first = resolve_hf_revision("main")
+    fake_hub.sha = PINNED_SHA  # "main" moves on the Hub
+    assert resolve_hf_revision("main") == first == FAKE_SHA
+    assert dataset_revision("hf") == FAKE_SHA
+    assert fake_hub.calls == [("openai/gsm8k", "main")]
+
+
+def test_resolve_hf_revision_full_sha_needs_no_hub(fake_hub: _FakeHub) -> None:
+    assert resolve_hf_revision(PINNED_SHA.upper()) == PINNED_SHA
+    assert fake_hub.calls == []
+
+
+def test_resolve_hf_revision_offline(fake_hub: _FakeHub) -> None:
+    fake_hub.error = ConnectionError("Max retries exceeded with url: /api/datasets/openai/gsm8k\n(caused by DNS)")
+    with pytest.raises(DatasetError) as excinfo:
+        resolve_hf_revision(None)
+    message = str(excinfo.value)
+    assert message == (
+        "openai/gsm8k: cannot resolve revision 'main' to a commit sha (ConnectionError: Max retries "
+        "exceeded with url: /api/datasets/openai/gsm8k); pass --dataset-revision <sha> or a local file "
+        "(--dataset path/to/test.jsonl)"
+    )
+    with pytest.raises(DatasetError, match="cannot resolve revision 'v9'"):
+        resolve_hf_revision("v9")
+    assert dataset._RESOLVED_REVISIONS == {}  # failures are not remembered
+
+
+def test_resolve_hf_revision_bad_sha_from_hub(fake_hub: _FakeHub) -> None:
+    fake_hub.sha = None
+    with pytest.raises(DatasetError, match=r"cannot resolve revision 'main' .*returned sha None"):
+        resolve_hf_revision(None)
+
+
+def test_resolve_hf_revision_without_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dataset, "_RESOLVED_REVISIONS", {})
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import raise ImportError
+    with pytest.raises(DatasetError) as excinfo:
+        resolve_hf_revision("main")
+    message = str(excinfo.value)
+    assert message.startswith("openai/gsm8k: cannot resolve revision 'main' to a commit sha")
+    assert "huggingface_hub is not installed" in message and "--dataset-revision <sha>" in message
+    assert len(message.splitlines()) == 1
+
+
 def test_dataset_revision_local_file(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "test.jsonl", RAW_RECORDS)
     expected = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -283,12 +499,20 @@ def test_dataset_revision_local_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "revision", "expected"),
-    [("hf", None, "main"), ("openai/gsm8k", "abc123", "abc123"), ("hf:openai/gsm8k", None, "main")],
-    ids=["hf default", "hf pinned", "hf prefixed"],
+    ("source", "revision", "expected", "asked"),
+    [
+        ("hf", None, FAKE_SHA, [("openai/gsm8k", "main")]),
+        ("openai/gsm8k", "v1.0", FAKE_SHA, [("openai/gsm8k", "v1.0")]),
+        ("hf:openai/gsm8k", None, FAKE_SHA, [("openai/gsm8k", "main")]),
+        ("hf", PINNED_SHA, PINNED_SHA, []),
+    ],
+    ids=["hf default", "hf tag", "hf prefixed", "hf pinned sha"],
 )
-def test_dataset_revision_hf(source: str, revision: str | None, expected: str) -> None:
+def test_dataset_revision_hf(
+    fake_hub: _FakeHub, source: str, revision: str | None, expected: str, asked: list[tuple[str, str]]
+) -> None:
     assert dataset_revision(source, revision) == expected
+    assert fake_hub.calls == asked
 
 
 @pytest.mark.parametrize(
@@ -334,8 +558,8 @@ class _FakeDatasets:
 
 
 @pytest.fixture
-def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> _FakeDatasets:
-    """Replace ``datasets.load_dataset`` (or the whole module, if it is not installed)."""
+def fake_datasets(monkeypatch: pytest.MonkeyPatch, fake_hub: _FakeHub) -> _FakeDatasets:
+    """Replace ``datasets.load_dataset`` (or the whole module, if it is not installed); Hub faked too."""
     fake = _FakeDatasets(RAW_RECORDS)
     try:
         import datasets as real_datasets
@@ -350,9 +574,10 @@ def fake_datasets(monkeypatch: pytest.MonkeyPatch) -> _FakeDatasets:
     return fake
 
 
-def test_load_hf_calls_load_dataset_and_converts_rows(fake_datasets: _FakeDatasets) -> None:
-    rows = load_hf("test", revision="abc123")
-    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "test", "revision": "abc123"})]
+def test_load_hf_calls_load_dataset_and_converts_rows(fake_datasets: _FakeDatasets, fake_hub: _FakeHub) -> None:
+    rows = load_hf("test", revision="v1.0")
+    assert fake_hub.calls == [("openai/gsm8k", "v1.0")]
+    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "test", "revision": FAKE_SHA})]
     assert [row.input_metadata.row_id for row in rows] == [
         "gsm8k-test-00000",
         "gsm8k-test-00001",
@@ -362,15 +587,32 @@ def test_load_hf_calls_load_dataset_and_converts_rows(fake_datasets: _FakeDatase
     info = rows[1].input_metadata.dataset_info
     assert info["source"] == "hf:openai/gsm8k"
     assert info["split"] == "test"
-    assert info["revision"] == "abc123"
+    assert info["revision"] == FAKE_SHA
+    assert info["requested_revision"] == "v1.0"
     assert info["reference"] == RAW_RECORDS[1]["answer"]
     assert _contents(rows[1]) == [("system", prompts.SYSTEM_PROMPT), ("user", RAW_RECORDS[1]["question"])]
 
 
 def test_load_hf_default_revision(fake_datasets: _FakeDatasets) -> None:
     rows = load_hf()
-    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "test", "revision": None})]
-    assert rows[0].input_metadata.dataset_info["revision"] == "main"
+    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "test", "revision": FAKE_SHA})]
+    assert rows[0].input_metadata.dataset_info["revision"] == FAKE_SHA
+    assert rows[0].input_metadata.dataset_info["requested_revision"] == "main"
+    assert dataset_revision("hf") == FAKE_SHA  # what the run records is what the rows came from
+
+
+def test_load_hf_pinned_sha(fake_datasets: _FakeDatasets, fake_hub: _FakeHub) -> None:
+    rows = load_hf("train", revision=PINNED_SHA)
+    assert fake_hub.calls == []
+    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "train", "revision": PINNED_SHA})]
+    assert {row.input_metadata.dataset_info["revision"] for row in rows} == {PINNED_SHA}
+
+
+def test_load_hf_offline(fake_datasets: _FakeDatasets, fake_hub: _FakeHub) -> None:
+    fake_hub.error = OSError("Network is unreachable")
+    with pytest.raises(DatasetError, match=r"openai/gsm8k: cannot resolve revision 'main' .*--dataset-revision <sha>"):
+        load_hf("test")
+    assert fake_datasets.calls == []  # never asked load_dataset for an unpinned "main"
 
 
 def test_load_hf_bad_record(fake_datasets: _FakeDatasets) -> None:
@@ -379,29 +621,49 @@ def test_load_hf_bad_record(fake_datasets: _FakeDatasets) -> None:
         load_hf("train")
 
 
-def test_load_hf_unknown_split(fake_datasets: _FakeDatasets) -> None:
-    with pytest.raises(DatasetError, match="unknown split 'validation'"):
+def test_load_hf_unknown_split(fake_datasets: _FakeDatasets, fake_hub: _FakeHub) -> None:
+    with pytest.raises(DatasetError) as excinfo:
         load_hf("validation")
+    assert str(excinfo.value) == "openai/gsm8k: unknown split 'validation'; expected one of ['train', 'test']"
+    assert fake_datasets.calls == []
+    assert fake_hub.calls == []
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_load_hf_split_is_selectable(fake_datasets: _FakeDatasets, split: str) -> None:
+    rows = load("hf", split=split)
+    assert fake_datasets.calls[0][1]["split"] == split
+    assert {row.input_metadata.dataset_info["split"] for row in rows} == {split}
+    assert rows[0].input_metadata.row_id == f"gsm8k-{split}-00000"
+
+
+@pytest.mark.parametrize("source", ["hf", "dir"])
+def test_load_unknown_split(tmp_path: Path, fake_datasets: _FakeDatasets, source: str) -> None:
+    where = "openai/gsm8k" if source == "hf" else str(tmp_path)
+    with pytest.raises(DatasetError) as excinfo:
+        load(where if source == "dir" else "hf", split="validation")
+    assert str(excinfo.value) == f"{where}: unknown split 'validation'; expected one of ['train', 'test']"
     assert fake_datasets.calls == []
 
 
 def test_load_hf_without_datasets_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
-    with pytest.raises(RuntimeError, match=r"pip install 'metis-pytest\[hf\]'"):
+    with pytest.raises(DatasetError, match=r"pip install 'metis-pytest\[hf\]'"):
         load_hf("test")
 
 
 def test_load_hf_with_namespace_shadow(monkeypatch: pytest.MonkeyPatch) -> None:
     """The repo's datasets/ data folder imports as a namespace package without ``load_dataset``."""
     monkeypatch.setitem(sys.modules, "datasets", types.ModuleType("datasets"))
-    with pytest.raises(RuntimeError, match=r"pip install 'metis-pytest\[hf\]'"):
+    with pytest.raises(DatasetError, match=r"pip install 'metis-pytest\[hf\]'"):
         load_hf("test")
 
 
 @pytest.mark.parametrize("source", ["hf", "openai/gsm8k", "hf:openai/gsm8k"])
-def test_load_dispatches_hf(fake_datasets: _FakeDatasets, source: str) -> None:
+def test_load_dispatches_hf(fake_datasets: _FakeDatasets, fake_hub: _FakeHub, source: str) -> None:
     rows = load(source, split="train", revision="r1")
-    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "train", "revision": "r1"})]
+    assert fake_hub.calls == [("openai/gsm8k", "r1")]
+    assert fake_datasets.calls == [(("openai/gsm8k", "main"), {"split": "train", "revision": FAKE_SHA})]
     assert rows[0].input_metadata.row_id == "gsm8k-train-00000"
 
 

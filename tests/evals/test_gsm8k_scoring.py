@@ -17,6 +17,8 @@ import pytest
 
 from evals.gsm8k.scoring import (
     BENCHMARK,
+    METRIC_NAMES,
+    METRIC_NOTES,
     PRIMARY_METRIC,
     VERSION,
     GSM8KScore,
@@ -42,8 +44,19 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def test_module_constants() -> None:
     assert BENCHMARK == "gsm8k"
-    assert VERSION == "1.0.0"
+    assert VERSION == "1.1.0"
     assert PRIMARY_METRIC == "answer_tag"
+
+
+def test_metric_notes() -> None:
+    assert set(METRIC_NOTES) <= set(METRIC_NAMES)
+    assert "strict_match" in METRIC_NOTES
+    strict = METRIC_NOTES["strict_match"]
+    assert "0 by construction" in strict and "#### N" in strict and "<answer>" in strict
+    for name, note in METRIC_NOTES.items():
+        assert isinstance(note, str) and note.strip(), name
+        assert "\n" not in note, name
+        assert note.count(". ") == 0 and note.endswith("."), f"{name}: one sentence"
 
 
 # --------------------------------------------------------------------------- normalize_number
@@ -119,7 +132,54 @@ ANSWER_TAG_CASES = [
     ("prose in tag", "<answer>The answer is $1,080.</answer>", "1080"),
     ("units in tag", "<answer>12 dollars</answer>", "12"),
     ("percent in tag", "<answer>45%</answer>", "45"),
-    ("last number in tag", "<answer>3 boxes of 24 = 72</answer>", "72"),
+    ("equation result after =", "<answer>3 boxes of 24 = 72</answer>", "72"),
+    # leading number, not the last one
+    ("leading number, correction after", "<answer>19 (not 18)</answer>", "19"),
+    ("subtraction is not a sign", "<answer>15 - 10</answer>", "15"),
+    ("unicode subtraction is not a sign", "<answer>15 \u2212 10</answer>", "15"),
+    ("leading number, remark after", "<answer>18 (see step 3)</answer>", "18"),
+    ("leading number, unit with exponent", "<answer>18 ft^2</answer>", "18"),
+    ("leading number, list after", "<answer>18, 20</answer>", "18"),
+    ("step label is read", "<answer>Step 1: add them, 18</answer>", "1"),
+    ("digits glued to a word skipped", "<answer>m2 area: 18</answer>", "18"),
+    # LaTeX
+    ("boxed latex thousands", "<answer>\\boxed{1{,}080}</answer>", "1080"),
+    ("boxed in math mode", "<answer>$\\boxed{18}$</answer>", "18"),
+    ("boxed in prose", "<answer>The answer is \\boxed{72}.</answer>", "72"),
+    ("latex thin space thousands", "<answer>1\\,080</answer>", "1080"),
+    ("latex paren delimiters", "<answer>\\(18\\)</answer>", "18"),
+    ("latex text unit", "<answer>18\\text{ ft}^2</answer>", "18"),
+    ("latex escaped dollar", "<answer>\\$18</answer>", "18"),
+    # bullets and signs
+    ("markdown bullet", "<answer>\n- 18\n</answer>", "18"),
+    ("bullet on one line", "<answer>- 18</answer>", "18"),
+    ("star bullet", "<answer>\n* 18\n</answer>", "18"),
+    ("bold", "<answer>**18**</answer>", "18"),
+    ("attached minus", "<answer>-18</answer>", "-18"),
+    ("attached unicode minus", "<answer>\u221218</answer>", "-18"),
+    ("unicode minus and space is a sign", "<answer>\u2212 18</answer>", "-18"),
+    ("negative in prose", "<answer>It fell to -7 degrees</answer>", "-7"),
+    ("negative in parentheses", "<answer>(-5)</answer>", "-5"),
+    ("negative dollar", "<answer>-$5</answer>", "-5"),
+    ("minus after a word is an operator", "<answer>a-10</answer>", "10"),
+    # equations
+    ("variable assignment", "<answer>x = 18</answer>", "18"),
+    ("assignment negative", "<answer>x = -10</answer>", "-10"),
+    ("chain takes the last =", "<answer>a = 3 + 15 = 18</answer>", "18"),
+    ("= after brackets", "<answer>(3 + 15) = 18</answer>", "18"),
+    ("= inside brackets ignored", "<answer>19 (not 3*6 = 18)</answer>", "19"),
+    ("= with remark after", "<answer>3 * 6 = 18 (see step 3)</answer>", "18"),
+    ("approximately", "<answer>3.14 * 6 \u2248 18.84</answer>", "18.84"),
+    ("nothing after =", "<answer>18 =</answer>", "18"),
+    # tags
+    ("tag with attributes", '<answer type="number">18</answer>', "18"),
+    ("space before >", "<answer >18</answer >", "18"),
+    ("reopened tag, last opening wins", "<answer>18 <answer>20</answer>", "20"),
+    ("answers is another tag", "<answers>18</answers>", None),
+    # unreadable leading token -> None, not a guess
+    ("fraction", "<answer>3/4</answer>", None),
+    ("bad grouping leading", "<answer>1,2 apples</answer>", None),
+    ("dotted", "<answer>1.2.3</answer>", None),
     ("after think", "<think>\n48/2 = 24\n48+24 = 72\n</think>\n\n<answer>\n72\n</answer>", "72"),
     ("two tags last wins", "<answer>5</answer> wait, no. <answer>72</answer>", "72"),
     ("last complete tag wins", "<answer>72</answer> and then <answer>80", "72"),
@@ -294,6 +354,18 @@ def test_gold_number_errors(ground_truth: str) -> None:
 # (id, completion, ground_truth, answer_tag, strict_match, flexible_extract)
 SCORE_CASES = [
     ("tag", "<answer>72</answer>", "72", 1.0, 0.0, 1.0),
+    ("19 (not 18) is wrong", "<answer>19 (not 18)</answer>", "18", 0.0, 0.0, 1.0),
+    ("15 - 10 is not -10", "<answer>15 - 10</answer>", "-10", 0.0, 0.0, 0.0),
+    ("18 (see step 3)", "<answer>18 (see step 3)</answer>", "18", 1.0, 0.0, 0.0),
+    ("18 ft^2", "<answer>18 ft^2</answer>", "18", 1.0, 0.0, 0.0),
+    ("boxed 1{,}080", "<answer>\\boxed{1{,}080}</answer>", "1080", 1.0, 0.0, 0.0),
+    ("bullet 18", "<answer>\n- 18\n</answer>", "18", 1.0, 0.0, 1.0),
+    ("-18 stays negative", "<answer>-18</answer>", "-18", 1.0, 0.0, 1.0),
+    ("unicode -18 stays negative", "<answer>\u221218</answer>", "-18", 1.0, 0.0, 1.0),
+    ("tag with attributes", '<answer type="number">18</answer>', "18", 1.0, 0.0, 1.0),
+    ("prose dollar comma", "<answer>The answer is $1,080.</answer>", "1080", 1.0, 0.0, 1.0),
+    ("x = 18", "<answer>x = 18</answer>", "18", 1.0, 0.0, 1.0),
+    ("fraction is no answer", "<answer>3/4</answer>", "3", 0.0, 0.0, 0.0),
     ("tag newlines comma", "<answer>\n 1,080 \n</answer>", "1080", 1.0, 0.0, 1.0),
     ("tag negative", "<answer>-7</answer>", "-7", 1.0, 0.0, 1.0),
     ("tag dollar decimals vs 18", "<answer>$18.00</answer>", "18", 1.0, 0.0, 1.0),

@@ -1,5 +1,10 @@
 """API models by their LiteLLM name (``openai/gpt-4o-mini``, ``anthropic/claude-...``), keys from the
-environment. OpenAI-wire providers are called directly; the rest go through ``litellm.acompletion``."""
+environment. OpenAI-wire providers are called directly; the rest go through ``litellm.acompletion``.
+
+Either way the sampling params are LiteLLM's per-model mapping of what the user set: for the direct
+path :func:`metis_pytest.rollout.http.map_params` runs ``litellm.get_optional_params`` (so
+``openai/o3-mini`` and the gpt-5 family get ``max_completion_tokens`` and no non-default
+``temperature``) and records what it dropped or renamed. ``--backend openai`` sends params verbatim."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from metis_pytest.backends.base import (
     DEFAULT_API_BASES,
     OPENAI_WIRE_PREFIXES,
     PROVIDER_KEY_ENV,
+    BaseBackend,
     ModelTarget,
     provider_of,
 )
@@ -19,10 +25,10 @@ if TYPE_CHECKING:
 
 
 @register_backend("api")
-class ApiBackend:
+class ApiBackend(BaseBackend):
     name = "api"
 
-    def target(self, model: str, config: MetisConfig) -> ModelTarget:
+    def resolve(self, model: str, config: MetisConfig) -> ModelTarget:
         litellm_model = model if "/" in model else f"openai/{model}"
         provider = provider_of(litellm_model)
         openai_wire = litellm_model.startswith(OPENAI_WIRE_PREFIXES)
@@ -34,6 +40,3 @@ class ApiBackend:
             api_key_env=config.api_key_env or PROVIDER_KEY_ENV.get(provider),
             openai_wire=openai_wire,
         )
-
-    def needs_runtime(self, target: ModelTarget) -> bool:
-        return False

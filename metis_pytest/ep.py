@@ -46,7 +46,7 @@ from metis_pytest.rollout.base import StoredCompletion, processor_factory, run_i
 from metis_pytest.store.runs import RowRecord, RunConditions
 
 __all__ = ["Benchmark", "evaluation_test", "last_assistant_text", "score_row", "flush_ep_logs",
-           "CoalescingLogger"]
+           "CoalescingLogger", "judge_target"]
 
 RowFunction = Callable[[EvaluationRow], Any]
 
@@ -96,6 +96,12 @@ def flush_ep_logs() -> None:
     """Write every row still waiting for Eval Protocol's store (called at the end of each item)."""
     for logger in _EP_LOGGERS:
         logger.flush()
+
+
+def judge_target() -> Any:
+    """The judge of this session (``--judge-model`` via ``--judge-backend``/``--judge-api-base``), ready
+    to hand to :class:`metis_pytest.judge.JudgeClient`; never the policy's endpoint."""
+    return metis_session.current().judge_target()
 
 
 # ----------------------------------------------------------------------------- recording
@@ -159,7 +165,7 @@ def _lookup(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], Store
         session = metis_session.current()
         row_id, index = str(row.input_metadata.row_id), run_index(row)
         cond = session.conditions(bench, params)
-        if session.cfg.replay is not None:
+        if session.replay_source is not None:
             record = session.replay_source.take(cond, row_id, index)
         elif session.cfg.resume:
             record = session.resume.take(cond, row_id, index)

@@ -201,9 +201,10 @@ class MetisConfig:
             raise pytest.UsageError(f"--replay {self.replay}: not a folder of recorded runs")
         from metis_pytest.backends import backend_names
 
-        for flag, name in (("--backend", self.backend), ("--judge-backend", self.judge_backend)):
-            if name is not None and name not in backend_names():
-                raise pytest.UsageError(f"{flag} {name!r}: not a registered backend; known: {', '.join(backend_names())}")
+        for flag, chosen in (("--backend", self.backend), ("--judge-backend", self.judge_backend)):
+            if chosen is not None and chosen not in backend_names():
+                raise pytest.UsageError(f"{flag} {chosen!r}: not a registered backend; "
+                                        f"known: {', '.join(backend_names())}")
 
 
 def check_base_url(flag: str, url: str) -> None:

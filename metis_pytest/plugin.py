@@ -52,11 +52,11 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 def _refuse_ep_overrides(config: pytest.Config) -> None:
-    for flag, (variable, ours) in EP_FLAGS.items():
+    for flag, (_, ours) in EP_FLAGS.items():
         value = config.getoption(flag, default=None)
         if value not in (None, False, [], ()):
             raise pytest.UsageError(f"{flag} is Eval Protocol's and would override Metis silently; use {ours}")
-    for flag, (variable, ours) in EP_FLAGS.items():
+    for variable, ours in {v: o for v, o in EP_FLAGS.values()}.items():
         if os.environ.get(variable):
             raise pytest.UsageError(f"{variable} is set in the environment: Eval Protocol would override Metis "
                                     f"silently; unset it and use {ours}")

@@ -25,7 +25,7 @@ from openai.types import CompletionUsage
 from metis_pytest.backends.base import ModelTarget
 from metis_pytest.conversation import load_messages
 from metis_pytest.rollout.base import Lookup, RunIndexer, StoredCompletion, register_processor
-from metis_pytest.rollout.http import Completion, RequestFailed, RetryPolicy, complete
+from metis_pytest.rollout.http import RequestFailed, RetryPolicy, complete
 
 Resolver = Callable[[dict[str, Any]], ModelTarget]
 

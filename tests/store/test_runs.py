@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from metis_pytest.store.resume import ResumeIndex
-from metis_pytest.store.runs import RowRecord, RunConditions, RunStore, read_records, select_latest, slug, summarize
+from metis_pytest.store.runs import (
+    RowRecord,
+    RunConditions,
+    RunStore,
+    read_records,
+    select_latest,
+    slug,
+    summarize,
+)
 
 COND = RunConditions(benchmark="gsm8k", model="m", benchmark_version="1.1.0",
                      sampling={"model": "openai/m", "temperature": 0.0, "max_tokens": 8},

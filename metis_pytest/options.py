@@ -139,7 +139,8 @@ def _parse(opt: Option, raw: Any) -> Any:
                 raise ValueError
             return value
     except ValueError:
-        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: expected a finite number, got {raw!r}") from None
+        what = "a number" if opt.kind == "int" else "a finite number"
+        raise pytest.UsageError(f"{opt.flag} / {opt.ini}: expected {what}, got {raw!r}") from None
     if opt.choices and raw not in opt.choices:
         raise pytest.UsageError(f"{opt.flag} / {opt.ini}: {raw!r} is not one of {', '.join(opt.choices)}")
     return raw

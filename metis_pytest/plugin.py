@@ -176,12 +176,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Bad input is refused before the first request: load every selected benchmark's rows now."""
+    """Bad input is refused before the first request: load every selected benchmark's rows now.
+
+    One process: a one-line usage error. An xdist worker cannot stop the session that way (xdist
+    reports it as an internal error), so its evaluation items of that benchmark fail at setup with
+    the same one line, before anything is sent."""
     from metis_pytest.errors import DATA_ERRORS
     from metis_pytest.fixtures import item_benchmark
 
     metis = metis_session.current()
-    problems = list(dict.fromkeys(metis.deferred_errors))
     benches = {}
     for item in session.items:
         bench = item_benchmark(item)
@@ -191,9 +194,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         try:
             metis.rows(bench)
         except DATA_ERRORS as exc:
-            problems.append(f"{bench.name}: {exc}")
-    if problems:
-        raise pytest.UsageError("\n".join(problems))
+            metis.data_problems.setdefault(bench.name, f"{bench.name}: {exc}")
+    if metis.data_problems and not metis.shared_runtimes:
+        raise pytest.UsageError("\n".join(metis.data_problems.values()))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from metis_pytest.fixtures import item_benchmark
+
+    bench = item_benchmark(item)
+    problem = metis_session.current().data_problems.get(bench.name) if bench is not None else None
+    if problem:
+        pytest.fail(problem, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

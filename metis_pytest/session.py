@@ -51,7 +51,7 @@ class MetisSession:
         self.store = RunStore(cfg.output_dir, self.session_id, worker, repo_dir=repo_dir)
         self.resume = ResumeIndex(self.store)
         self.replay_source = RecordedRun(cfg.replay) if cfg.replay is not None else None
-        self.deferred_errors: list[str] = []
+        self.data_problems: dict[str, str] = {}  # benchmark -> one-line reason its rows cannot be loaded
         self._conditions: dict[tuple[str, str], RunConditions] = {}
         self._rows: dict[tuple[str, Any], list[EvaluationRow]] = {}
         self._targets: dict[str, ModelTarget] = {}
@@ -196,7 +196,7 @@ class MetisSession:
         try:
             return self.rows(bench)
         except DATA_ERRORS as exc:
-            self.deferred_errors.append(f"{bench.name}: {exc}")
+            self.data_problems.setdefault(bench.name, f"{bench.name}: {exc}")
             return []
 
     def conditions(self, bench: Benchmark, params: dict[str, Any]) -> RunConditions:

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from evals.gsm8k import scoring
 from metis_pytest.testing import Fault, ScriptedServer
-from tests.e2e.conftest import ep_store_text, last_user, read_jsonl, smoke_golds
+from tests.e2e.conftest import SMOKE, ep_store_text, last_user, read_jsonl, smoke_golds
 
 GOLDS = smoke_golds()
+SMOKE_LINES = SMOKE.read_text().splitlines()
 
 
 def correct(body: dict[str, Any]) -> str:
@@ -177,7 +180,9 @@ def test_ep_logs_dashboard_serves_the_rows(scripted_llm_factory, run_eval, tmp_p
 def test_a_scorer_that_raises_fails_the_item_and_keeps_the_row(scripted_llm_factory, run_eval, pytester) -> None:
     pytester.makepyfile(test_buggy="""
         from eval_protocol.models import EvaluationRow
-        from evals.gsm8k import scoring
+        import pytest
+
+from evals.gsm8k import scoring
         from evals.gsm8k.test_gsm8k import BENCHMARK
         from metis_pytest.ep import evaluation_test, last_assistant_text
 
@@ -196,3 +201,19 @@ def test_a_scorer_that_raises_fails_the_item_and_keeps_the_row(scripted_llm_fact
     assert bad["error"] == {"message": "scorer raised ZeroDivisionError: scorer bug", "stage": "scoring",
                             "retryable": False}
     assert bad["completion"] == "<think>working</think>\n<answer>-7</answer>"  # the model's answer is kept
+
+
+def test_a_bad_dataset_line_is_one_usage_error_before_any_request(scripted_llm_factory, run_eval, pytester) -> None:
+    bad = pytester.path / "bad.jsonl"
+    good = SMOKE_LINES[0]
+    bad.write_text(f"{good}\n{good}\n{{\"question\": \"q\", \"answer\": }}\n")
+    server = scripted_llm_factory(default=correct)
+    line = f"gsm8k: {bad} line 3: invalid JSON (Expecting value at column 29)"
+    result = run_eval(*openai_args(server), "--dataset", str(bad))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.lines == [f"ERROR: {line}", ""]
+    # Under xdist a worker cannot end the session with a usage error: its items fail at setup, same line.
+    result = run_eval(*openai_args(server), "--dataset", str(bad), "-n", "2")
+    result.assert_outcomes(errors=1)
+    assert line in result.stdout.lines and "Traceback" not in result.stdout.str()
+    assert server.request_count == 0

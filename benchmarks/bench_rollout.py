@@ -60,10 +60,8 @@ TARGET_EP_OVER_METIS = 5.0
 
 
 def default_data_path() -> Path:
-    """``$METIS_SHARED_DATASETS/gsm8k/train.jsonl`` or ``<repo>/../shared/datasets/gsm8k/train.jsonl``."""
-    shared = os.environ.get("METIS_SHARED_DATASETS")
-    base = Path(shared) if shared else REPO.parent / "shared" / "datasets"
-    return base / "gsm8k" / "train.jsonl"
+    """``<repo>/../shared/datasets/gsm8k/train.jsonl`` (``--data`` chooses another file)."""
+    return REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 
 
 SMOKE_DATA = REPO / "datasets" / "gsm8k_smoke.jsonl"

@@ -124,7 +124,26 @@ def _load_entry_points() -> None:
     _loaded_entry_points = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
-            register_benchmark(ep.load())
+            register_benchmark(_load(ep))
+
+
+def _load(ep: Any) -> Benchmark:
+    """One registry entry, with a clear error when another distribution's top-level package shadows ours."""
+    import importlib
+
+    top = ep.value.split(".", 1)[0].split(":", 1)[0]
+    try:
+        package = importlib.import_module(top)
+    except ImportError as exc:
+        raise ImportError(f"benchmark {ep.name!r} ({ep.value}): cannot import {top!r}: {exc}") from None
+    if top == "evals" and not getattr(package, "__metis__", False):
+        raise ImportError(f"benchmark {ep.name!r} ({ep.value}): the package 'evals' imported from "
+                          f"{getattr(package, '__file__', '?')} is not Metis's: another distribution named "
+                          "'evals' (OpenAI's) is installed in this environment; use a separate environment")
+    bench = ep.load()
+    if not isinstance(bench, Benchmark):
+        raise TypeError(f"benchmark entry point {ep.name!r} ({ep.value}) is not a metis_pytest.registry.Benchmark")
+    return bench
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -180,9 +180,7 @@ def test_ep_logs_dashboard_serves_the_rows(scripted_llm_factory, run_eval, tmp_p
 def test_a_scorer_that_raises_fails_the_item_and_keeps_the_row(scripted_llm_factory, run_eval, pytester) -> None:
     pytester.makepyfile(test_buggy="""
         from eval_protocol.models import EvaluationRow
-        import pytest
-
-from evals.gsm8k import scoring
+        from evals.gsm8k import scoring
         from evals.gsm8k.test_gsm8k import BENCHMARK
         from metis_pytest.ep import evaluation_test, last_assistant_text
 

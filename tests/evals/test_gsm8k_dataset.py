@@ -2,7 +2,7 @@
 
 GSM8K: Cobbe et al. 2021, arXiv:2110.14168; Hugging Face ``openai/gsm8k`` (config ``main``).
 Small inputs are written to ``tmp_path``; the real-data tests read the shared dataset folder
-(``<repo>/../shared/datasets``, or ``$METIS_SHARED_DATASETS``) and skip if it is absent. The
+(``<repo>/../shared/datasets``, or ``--shared-datasets DIR``) and skip if it is absent. The
 Hugging Face loader is tested offline with a monkeypatched ``datasets.load_dataset`` and
 ``huggingface_hub.HfApi`` (which resolves a revision to its commit sha).
 

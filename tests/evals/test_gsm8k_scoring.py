@@ -2,7 +2,7 @@
 
 GSM8K: Cobbe et al. 2021, arXiv:2110.14168; strict/flexible extractors follow the
 lm-evaluation-harness ``gsm8k`` filters. The real-data tests read the shared dataset folder
-(``<repo>/../shared/datasets``, or ``$METIS_SHARED_DATASETS``) and skip if it is absent.
+(``<repo>/../shared/datasets``, or ``--shared-datasets DIR``) and skip if it is absent.
 
 Run: ``pytest tests/evals/test_gsm8k_scoring.py``.
 """

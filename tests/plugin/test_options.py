@@ -149,3 +149,15 @@ def test_the_judge_is_resolved_on_its_own(pytester: pytest.Pytester) -> None:
         assert session.judge_identity() == {"model": "openai/gpt-4o"}
     finally:
         config._ensure_unconfigure()
+
+
+def test_dataset_split_and_revision_reach_the_loader(pytester: pytest.Pytester) -> None:
+    from evals.gsm8k.benchmark import BENCHMARK
+
+    config = pytester.parseconfigure("--dataset", "hf", "--dataset-split", "train", "--dataset-revision", "abc123")
+    try:
+        session = config.pluginmanager.get_plugin(metis_session.PLUGIN_NAME)
+        spec = session.data_spec(BENCHMARK)
+        assert (spec.source, spec.split, spec.revision) == ("hf", "train", "abc123")
+    finally:
+        config._ensure_unconfigure()

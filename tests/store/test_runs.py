@@ -164,3 +164,24 @@ def test_resume_says_why_nothing_was_reused(tmp_path: Path) -> None:
                                             ("a b:c", "a-b-c"), ("", "model")])
 def test_slug(name: str, expected: str) -> None:
     assert slug(name) == expected
+
+
+def test_git_info_records_the_commit_and_whether_tracked_files_changed(tmp_path: Path) -> None:
+    import subprocess
+
+    from metis_pytest.store.runs import git_info
+
+    assert git_info(tmp_path) == {"commit": None, "dirty": None}  # not a checkout
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    info = git_info(tmp_path)
+    assert info["dirty"] is False and len(info["commit"]) == 12
+    (tmp_path / "untracked.txt").write_text("x")
+    assert git_info(tmp_path)["dirty"] is False  # an untracked file does not change what ran
+    (tmp_path / "a.txt").write_text("2")
+    assert git_info(tmp_path)["dirty"] is True

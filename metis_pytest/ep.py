@@ -52,17 +52,19 @@ RowFunction = Callable[[EvaluationRow], Any]
 
 
 class CoalescingLogger(DatasetLogger):
-    """Eval Protocol's row store (what ``ep logs`` shows), written at most once per row per interval.
+    """Eval Protocol's row store (what ``ep logs`` shows), written about once per row.
 
     Eval Protocol logs every row at each step (queued, rolled out, scored, aggregated): four SQLite
-    upserts plus four event-bus writes per row, about 1 ms each, which cost more than the rollouts
-    themselves on a fast server. This keeps the latest state of each row and writes the waiting rows
-    when the interval has passed (at least ``interval`` seconds, and at least twice as long as the
-    last write took, so writing never takes more than a third of the time), and at the end of every
-    evaluation item (:func:`flush_ep_logs`). The dashboard lags by one interval; the run store
-    (``records/``) is written per row regardless."""
+    upserts plus four event-bus writes per row, 1-3 ms each, which cost more than the rollouts
+    themselves on a fast server. This keeps the latest state of each row. While an item runs it
+    writes the rows that are *done* (scored or errored) once ``interval`` has passed since the last
+    write, and at least twice as long as that write took, so writing never takes more than a third
+    of the time; at the end of every evaluation item (:func:`flush_ep_logs`) it writes every row in
+    its final state. So a short item writes each row once, and a long one shows its finished rows
+    in the dashboard as it goes (lagging by up to one interval); the run store (``records/``) is
+    written per row regardless."""
 
-    def __init__(self, inner: DatasetLogger, interval: float = 1.0) -> None:
+    def __init__(self, inner: DatasetLogger, interval: float = 5.0) -> None:
         self.inner = inner
         self.interval = interval
         self._pending: dict[Any, EvaluationRow] = {}
@@ -74,12 +76,17 @@ class CoalescingLogger(DatasetLogger):
         if self._due is None:
             self._due = now + self.interval
         elif now >= self._due:
-            self.flush()
+            self.flush(done_only=True)
 
-    def flush(self) -> None:
+    def flush(self, *, done_only: bool = False) -> None:
         start = time.monotonic()
-        pending, self._pending = self._pending, {}
-        for row in pending.values():
+        if done_only:
+            ready = {k: r for k, r in self._pending.items() if r.evaluation_result is not None}
+            for key in ready:
+                del self._pending[key]
+        else:
+            ready, self._pending = self._pending, {}
+        for row in ready.values():
             self.inner.log(row)
         took = time.monotonic() - start
         self._due = start + took + max(self.interval, 2 * took)
@@ -219,10 +226,13 @@ def _rows_loader(bench: Benchmark, shard_id: str, shard: dict[str, Any]) -> Call
         for row in rows:
             info = row.input_metadata.dataset_info or {}
             if all(info.get(a) == v for a, v in shard.items() if a != "run"):
-                copy = row.model_copy(deep=True)
+                # Eval Protocol deep-copies every row per run; before that it only sets fields of the
+                # metadata objects, so copying those two keeps the session's rows pristine.
+                meta = row.execution_metadata.model_copy()
                 if "run" in shard:
-                    copy.execution_metadata.extra = {**(copy.execution_metadata.extra or {}), "run_index": shard["run"]}
-                out.append(copy)
+                    meta.extra = {**(meta.extra or {}), "run_index": shard["run"]}
+                out.append(row.model_copy(update={"input_metadata": row.input_metadata.model_copy(),
+                                                  "execution_metadata": meta}))
         return out
 
     load_rows.__name__ = f"{bench.name}_{shard_id or 'rows'}"

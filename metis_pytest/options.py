@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import pytest
 
 LOCAL_MODEL = "local"
-DEFAULT_JUDGE = None  # a judged benchmark names its own default judge
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,7 @@ def check_base_url(flag: str, url: str) -> None:
     """An http(s) URL with a host and no query string or fragment, or a UsageError saying what is wrong."""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018  (raises for a port that is not a number in 0..65535)
     except ValueError as exc:
         raise pytest.UsageError(f"{flag} {url!r}: not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -221,7 +220,6 @@ def check_base_url(flag: str, url: str) -> None:
     if parts.query or parts.fragment:
         raise pytest.UsageError(f"{flag} {url!r}: a base URL takes no query string or fragment "
                                 "(requests go to <base>/chat/completions)")
-    del port
 
 
 def read_config(config: pytest.Config) -> MetisConfig:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,8 +28,6 @@ __all__ = [
     "log_tail",
     "pid_alive",
     "process_cmdline",
-    "process_start_time",
-    "stop_pid",
 ]
 
 LOG_TAIL_LINES = 40
@@ -128,15 +125,6 @@ def pid_alive(pid: int) -> bool:
     return not (fields and fields[0] in ("Z", "X"))
 
 
-def process_start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` (clock ticks since boot), to detect PID reuse."""
-    fields = _proc_stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
-
-
 def process_cmdline(pid: int) -> list[str]:
     """Argument vector of ``pid`` from /proc ([] if unreadable)."""
     try:
@@ -144,20 +132,6 @@ def process_cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-
-
-def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL. No-op if already gone."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not pid_alive(pid):
-            return
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- LocalServer
@@ -298,17 +272,6 @@ class LocalServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5.0)
-
-    def reap_in_background(self) -> None:
-        """Reap the process in a daemon thread once it exits, whoever stops it.
-
-        A shared server may be killed by another process (by PID); without this
-        it would linger as a zombie child and its ``Popen`` would emit a
-        ``ResourceWarning`` when garbage-collected.
-        """
-        proc = self._proc
-        if proc is not None:
-            threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
     def __enter__(self) -> LocalServer:
         return self.start()

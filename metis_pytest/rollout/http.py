@@ -160,8 +160,7 @@ async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload
 async def litellm_chat(target: ModelTarget, public: dict[str, Any], messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, timeout: float) -> Completion:
     """One request through ``litellm.acompletion`` for providers that do not speak OpenAI's wire format."""
-    import litellm
-
+    litellm = import_litellm()
     params = target.litellm_params(public)
     params.update(messages=messages, timeout=timeout, num_retries=0)
     if tools:
@@ -308,6 +307,16 @@ def map_params(target: ModelTarget, public: Mapping[str, Any]) -> ParamMapping:
     return cached
 
 
+def import_litellm() -> Any:
+    """LiteLLM, imported on first use. Outside pytest (a script, a verl worker) nothing may have set
+    LiteLLM's own ``LITELLM_LOCAL_MODEL_COST_MAP`` yet; without it LiteLLM fetches a price list from the
+    internet when imported, so it is defaulted here, just before the import, and only then."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
 def _verbatim(public: Mapping[str, Any]) -> ParamMapping:
     params = requested_params(public)
     renamed: tuple[tuple[str, str], ...] = ()
@@ -318,9 +327,7 @@ def _verbatim(public: Mapping[str, Any]) -> ParamMapping:
 
 
 def _litellm_mapping(target: ModelTarget, public: Mapping[str, Any]) -> ParamMapping:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch a price list
-    import litellm
-
+    litellm = import_litellm()
     provider = provider_of(target.litellm_model)
     model = target.litellm_model.split("/", 1)[1] if "/" in target.litellm_model else target.litellm_model
     wanted = requested_params(public)

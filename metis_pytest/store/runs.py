@@ -126,7 +126,8 @@ class RowRecord:
     t: float = 0.0  # when it was recorded (seconds since the epoch)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+        # vars(), not asdict(): the fields are JSON data already, and asdict deep-copies every message.
+        return json.dumps(vars(self), ensure_ascii=False, default=str)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -145,6 +146,11 @@ _RECORD_FIELDS = {f.name for f in fields(RowRecord)}
 
 def read_records(path: Path) -> list[RowRecord]:
     """The rows of one JSONL file. A line cut short by a crash (the last one) is skipped."""
+    return [record for record, _ in read_lines(path)]
+
+
+def read_lines(path: Path) -> list[tuple[RowRecord, str]]:
+    """Each record of a JSONL file with the line it was read from (a merge copies lines as they are)."""
     out = []
     lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
@@ -156,7 +162,7 @@ def read_records(path: Path) -> list[RowRecord]:
             if i == len(lines) - 1:
                 continue  # a write interrupted by kill -9
             raise ValueError(f"{path} line {i + 1}: not a JSON record") from None
-        out.append(RowRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}))
+        out.append((RowRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS}), line))
     return out
 
 
@@ -292,7 +298,9 @@ class RunStore:
 
     def merge_dir(self, model_dir: Path, *, selection: dict[str, Any], resume: bool) -> dict[str, Any]:
         with FileLock(str(model_dir / ".merge.lock"), timeout=120):
-            records = [r for p in sorted((model_dir / RECORDS).glob("*.jsonl")) for r in read_records(p)]
+            pairs = [pair for p in sorted((model_dir / RECORDS).glob("*.jsonl")) for pair in read_lines(p)]
+            records = [r for r, _ in pairs]
+            lines = {id(r): line for r, line in pairs}
             mine = [r for r in records if r.session == self.session_id]
             key = max(mine, key=lambda r: r.t).score_key if mine else ""
             cond = load_conditions(model_dir, key)
@@ -323,7 +331,7 @@ class RunStore:
             }
             if resume:
                 summary["resume"] = resume_report(model_dir, mine, records, cond)
-            _write_atomic(model_dir / "rows.jsonl", "".join(r.to_json() + "\n" for r in chosen))
+            _write_atomic(model_dir / "rows.jsonl", "".join(lines[id(r)] + "\n" for r in chosen))
             _write_atomic(model_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
             _append_history(model_dir / "history", summary)
         summary["path"] = str(model_dir / "summary.json")

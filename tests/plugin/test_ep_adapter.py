@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eval_protocol.dataset_logger.dataset_logger import DatasetLogger
-from eval_protocol.models import EvaluationRow, Message
+from eval_protocol.models import EvaluateResult, EvaluationRow, Message
 
 from metis_pytest.ep import CoalescingLogger, last_assistant_text
 
@@ -42,12 +42,20 @@ def test_each_row_is_written_once_per_interval_in_its_latest_state() -> None:
     assert len(inner.writes) == 3  # nothing pending, nothing written again
 
 
-def test_writes_once_the_interval_has_passed() -> None:
+def done(r: EvaluationRow) -> EvaluationRow:
+    r.evaluation_result = EvaluateResult(score=1.0)
+    return r
+
+
+def test_once_the_interval_has_passed_the_finished_rows_are_written() -> None:
     inner = Recorder()
     logger = CoalescingLogger(inner, interval=0.0)
-    logger.log(row("a"))  # the first log starts the clock
-    logger.log(row("b"))
-    assert [w[0] for w in inner.writes] == ["a", "b"]
+    logger.log(row("queued"))  # the first log starts the clock
+    logger.log(done(row("a")))
+    logger.log(done(row("b")))
+    assert [w[0] for w in inner.writes] == ["a", "b"]  # a queued row waits: it will change
+    logger.flush()  # the end of the item: everything, in its final state
+    assert [w[0] for w in inner.writes] == ["a", "b", "queued"]
 
 
 def test_read_flushes_first() -> None:

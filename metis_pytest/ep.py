@@ -105,10 +105,11 @@ def flush_ep_logs() -> None:
         logger.flush()
 
 
-def judge_target() -> Any:
-    """The judge of this session (``--judge-model`` via ``--judge-backend``/``--judge-api-base``), ready
-    to hand to :class:`metis_pytest.judge.JudgeClient`; never the policy's endpoint."""
-    return metis_session.current().judge_target()
+def judge_target(bench: Benchmark) -> Any:
+    """The benchmark's judge in this session (``--judge-model``, else the benchmark's default, via
+    ``--judge-backend``/``--judge-api-base``), ready to hand to :class:`metis_pytest.judge.JudgeClient`;
+    never the policy's endpoint."""
+    return metis_session.current().judge_target(bench)
 
 
 # ----------------------------------------------------------------------------- recording
@@ -159,6 +160,7 @@ def _record(bench: Benchmark, row: EvaluationRow, error: dict[str, Any] | None) 
         usage=usage.model_dump() if usage is not None else None,
         rollout_seconds=meta.rollout_duration_seconds,
         details=dict(info.get("details") or {}),
+        groups={g: (row.input_metadata.dataset_info or {}).get(g) for g in bench.breakdown},
         metadata={k: extra[k] for k in ("resumed_from", "replayed_from", "attempts") if extra.get(k) is not None},
         score_key=cond.score_key, completion_key=cond.completion_key,
     ))
@@ -319,10 +321,17 @@ def conditions_for(bench: Benchmark, session: metis_session.MetisSession, params
         sampling, params = replayed.sampling, replayed.completion_params
     judge = None
     if bench.judge_prompt_version is not None:
-        judge = {**session.judge_identity(), "prompt_version": bench.judge_prompt_version}
+        judge = {**session.judge_identity(bench), "prompt_version": bench.judge_prompt_version}
     return RunConditions(
         benchmark=bench.name, model=label, benchmark_version=bench.version,
         sampling=json.loads(json.dumps(sampling, default=str)),
         dataset_id=bench.dataset_id(spec), dataset_revision=bench.dataset_revision(spec),
         dataset_split=spec.split, prompt_hash=bench.prompt_hash, primary_metric=bench.primary_metric,
-        judge=judge, completion_params=dict(params), metric_notes=dict(bench.metric_notes))
+        judge=judge, completion_params=dict(params), metric_notes=dict(bench.metric_notes),
+        rollout_options=_jsonable(session.bench_options(bench, "rollout")),
+        scoring_options=_jsonable(session.bench_options(bench, "scoring")),
+        notes=list(bench.notes(session.cfg)) if bench.notes else [])
+
+
+def _jsonable(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(pairs), default=str))

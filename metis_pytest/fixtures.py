@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from metis_pytest.session import JUDGE_LABEL, MetisSession, current
+from metis_pytest.session import MetisSession, current
 
 
 def item_benchmark(item: pytest.Item) -> Any:
@@ -53,6 +53,6 @@ def _metis_backend_ready(request: pytest.FixtureRequest, metis_session: MetisSes
     if metis_session.needs_prepare(label):
         metis_session.prepare(label)
     bench = item_benchmark(request.node)
-    if bench.judge_prompt_version is not None and metis_session.cfg.judge_model \
-            and metis_session.needs_prepare(JUDGE_LABEL):
-        metis_session.prepare(JUDGE_LABEL)
+    judge = metis_session.judge_label(bench) if bench.judge_prompt_version is not None else None
+    if judge and metis_session.needs_prepare(judge):
+        metis_session.prepare(judge)

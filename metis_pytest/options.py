@@ -14,19 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from metis_pytest.registry import Option, benchmark_names, get_benchmark
+
 LOCAL_MODEL = "local"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option: its flag, ini name, help text, how to parse it, and its default."""
-
-    flag: str
-    ini: str
-    help: str
-    default: Any = None
-    kind: str = "string"  # "string" | "int" | "float" | "list" | "bool"
-    choices: tuple[str, ...] | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -104,10 +94,23 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+def benchmark_options() -> list[tuple[str, Option]]:
+    """(benchmark, option) for every option a registered benchmark declares."""
+    return [(name, opt) for name in benchmark_names() for opt in get_benchmark(name).options]
+
+
 def add_options(parser: pytest.Parser) -> None:
-    """Register every option and its ini twin in one ``metis`` group."""
-    group = parser.getgroup("metis", "Metis evaluation harness")
-    for opt in OPTIONS:
+    """Register every option and its ini twin: the harness's in one ``metis`` group, and each
+    registered benchmark's own (``Benchmark.options``) in a group of its own."""
+    _add(parser.getgroup("metis", "Metis evaluation harness"), parser, OPTIONS)
+    for bench in benchmark_names():
+        opts = get_benchmark(bench).options
+        if opts:
+            _add(parser.getgroup(f"metis-{bench}", f"Metis benchmark {bench}"), parser, opts)
+
+
+def _add(group: Any, parser: pytest.Parser, options: tuple[Option, ...]) -> None:
+    for opt in options:
         if opt.kind == "bool":
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
             parser.addini(opt.ini, f"ini twin of {opt.flag}", type="bool", default=opt.default)
@@ -230,6 +233,13 @@ def read_config(config: pytest.Config) -> MetisConfig:
         if raw is None or raw == []:
             raw = config.getini(opt.ini)
         values[opt.ini.removeprefix("metis_")] = _parse(opt, raw)
+    extra = {}
+    for _, opt in benchmark_options():
+        raw = config.getoption(opt.ini)
+        if raw is None or raw == []:
+            raw = config.getini(opt.ini)
+        extra[opt.ini] = _parse(opt, raw)
+    values["extra"] = extra
     models = values.pop("model") or (LOCAL_MODEL,)
     here = Path(config.invocation_params.dir)
     paths = {}

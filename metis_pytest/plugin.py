@@ -136,8 +136,9 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     used = [label for label in session.cfg.models
             if any(p == f"{label}]" or p.startswith(f"{label}-") for p in params)]
     labels = [label for label in used if session.needs_prepare(label)]
-    if used and session.cfg.judge_model and session.needs_prepare(metis_session.JUDGE_LABEL):
-        labels.append(metis_session.JUDGE_LABEL)
+    judge = f"{metis_session.JUDGE_PREFIX}{session.cfg.judge_model}" if session.cfg.judge_model else None
+    if used and judge and session.needs_prepare(judge):
+        labels.append(judge)
     session.hand_over(labels)
 
 
@@ -158,12 +159,14 @@ def _skip_reason(item: pytest.Item, session: metis_session.MetisSession) -> str 
     missing = session.target(label).missing_env()
     if missing:
         return f"model {label!r} needs {', '.join(missing)} (not set in the environment)"
-    if item_benchmark(item).judge_prompt_version is not None:
-        if not session.cfg.judge_model:
+    bench = item_benchmark(item)
+    if bench.judge_prompt_version is not None:
+        judge = session.judge_label(bench)
+        if judge is None:
             return "a judged benchmark: pass --judge-model"
-        missing = session.target(metis_session.JUDGE_LABEL).missing_env()
+        missing = session.target(judge).missing_env()
         if missing:
-            return f"judge {session.cfg.judge_model!r} needs {', '.join(missing)} (not set in the environment)"
+            return f"judge {bench.judge_for(session.cfg)!r} needs {', '.join(missing)} (not set in the environment)"
     return None
 
 
@@ -277,6 +280,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             note = f"; {resume['note']}" if resume.get("note") else ""
             terminalreporter.write_line(f"  resume: reused {resume['reused']} stored completions, "
                                         f"sent {resume['sent']} rows{note}")
+        for note in s.get("notes") or []:
+            terminalreporter.write_line(f"  NOTE: {note}")
         for metric, note in (s.get("metric_notes") or {}).items():
             terminalreporter.write_line(f"  note: {metric}: {note}")
 

@@ -60,16 +60,43 @@ class ScoreResult:
         )
 
 
-Scorer = Callable[[str, Any, Mapping[str, Any]], ScoreResult]
+Scorer = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option with its ini twin: flag, ini name, help, how to parse it, default.
+
+    A benchmark declares its own in ``Benchmark.options``; ``affects`` says what its value changes,
+    so it lands in the right place: ``data`` (which rows: in the :class:`DataSpec` the loader gets),
+    ``rollout`` (what the model is asked to do: part of the completion key) or ``scoring`` (how rows
+    are scored: part of the score key)."""
+
+    flag: str
+    ini: str
+    help: str
+    default: Any = None
+    kind: str = "string"  # "string" | "int" | "float" | "list" | "bool"
+    choices: tuple[str, ...] | None = None
+    affects: str = "data"
+
+    @property
+    def name(self) -> str:
+        return self.ini
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where a benchmark's rows come from: ``--dataset``, ``--dataset-split``, ``--dataset-revision``."""
+    """Where a benchmark's rows come from: ``--dataset``, ``--dataset-split``, ``--dataset-revision``,
+    and the benchmark's own data options (``--domains``...) as sorted ``(ini name, value)`` pairs."""
 
     source: str
     split: str | None = None
     revision: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
 
 
 @dataclass(frozen=True)
@@ -79,19 +106,24 @@ class Benchmark:
     - ``load(spec)`` returns Eval Protocol rows; ``dataset_id(spec)`` / ``dataset_revision(spec)``
       name the data for provenance (a file's content hash, a Hub commit sha).
     - ``score(completion, ground_truth, metadata)`` is the pure scorer, the one function the pytest
-      evaluation, verl's ``compute_score`` and the RFT evaluator call.
+      evaluation, verl's ``compute_score`` and the RFT evaluator call (a judged benchmark's scorer
+      is a coroutine that also takes the judge and what it needs, as keywords).
     - ``processor`` names the rollout processor (``single_turn``; later ``agent``); ``axes`` names row
       metadata fields (``input_metadata.dataset_info``) that split a model's rows into separate test
       items, plus ``"run"`` for one item per ``--runs`` index, so ``pytest -n 8`` has work to spread and
       ``-k`` selects. With no axes there is one item per model.
     - a judged benchmark names its judge prompt's version (``judge_prompt_version``); the judge model
       and that version are part of the conditions of every score it records.
+    - ``options``: the benchmark's own command-line options (:class:`Option`); ``breakdown``: row
+      metadata fields the summary reports scores by (``domain``); ``toolbox``: for tool-calling
+      processors, ``(session, row) -> Toolbox``; ``default_judge``: the judge when ``--judge-model``
+      is not given; ``notes``: lines the summary and the terminal must show (an offline demo says so).
     """
 
     name: str
     version: str
     primary_metric: str
-    default_source: str
+    default_source: str | Callable[[Any], str]  # or config -> source (an offline demo's own data)
     load: Callable[[DataSpec], list[EvaluationRow]]
     dataset_id: Callable[[DataSpec], str]
     dataset_revision: Callable[[DataSpec], str]
@@ -101,6 +133,19 @@ class Benchmark:
     axes: tuple[str, ...] = ()
     judge_prompt_version: str | None = None
     metric_notes: Mapping[str, str] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
+    breakdown: tuple[str, ...] = ()
+    toolbox: Callable[..., Any] | None = None
+    default_judge: str | Callable[[Any], str] | None = None  # when --judge-model is not given
+    notes: Callable[[Any], list[str]] | None = None  # config -> lines for the summary and the terminal
+
+    def source_for(self, config: Any) -> str:
+        return self.default_source(config) if callable(self.default_source) else self.default_source
+
+    def judge_for(self, config: Any) -> str | None:
+        if getattr(config, "judge_model", None):
+            return str(config.judge_model)
+        return self.default_judge(config) if callable(self.default_judge) else self.default_judge
 
 
 _REGISTRY: dict[str, Benchmark] = {}

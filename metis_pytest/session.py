@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from metis_pytest.registry import Benchmark, DataSpec
 
 PLUGIN_NAME = "metis_session"
-JUDGE_LABEL = "judge"
+JUDGE_PREFIX = "judge:"  # a judge's label: "judge:<model>"
 _stack: list[MetisSession] = []  # a stack, so a nested in-process pytest run (pytester) restores ours
 _default: MetisSession | None = None
 
@@ -73,27 +73,32 @@ class MetisSession:
     def target(self, label: str) -> ModelTarget:
         with self._lock:
             if label not in self._targets:
-                if label == JUDGE_LABEL:
-                    self._targets[label] = self._resolve_judge()
+                if label.startswith(JUDGE_PREFIX):
+                    self._targets[label] = self._resolve_judge(label)
                 else:
                     self._targets[label] = resolve_target(label, self.cfg)
             return self._targets[label]
 
-    def _resolve_judge(self) -> ModelTarget:
-        if not self.cfg.judge_model:
-            raise LookupError("no --judge-model given")
+    def _resolve_judge(self, label: str) -> ModelTarget:
         judge_cfg = dataclasses.replace(self.cfg, backend=self.cfg.judge_backend, api_base=self.cfg.judge_api_base,
                                         api_key_env=self.cfg.judge_api_key_env)
-        return dataclasses.replace(resolve_target(self.cfg.judge_model, judge_cfg), label=JUDGE_LABEL)
+        return dataclasses.replace(resolve_target(label.removeprefix(JUDGE_PREFIX), judge_cfg), label=label)
 
-    def judge_target(self) -> ModelTarget:
-        """The judge: ``--judge-model`` through ``--judge-backend``/``--judge-api-base``, never the policy's URL."""
-        return self.runtime_target_for(JUDGE_LABEL)
+    def judge_label(self, bench: Benchmark) -> str | None:
+        """``judge:<model>`` for the benchmark's judge: ``--judge-model``, else the benchmark's default."""
+        model = bench.judge_for(self.cfg)
+        return f"{JUDGE_PREFIX}{model}" if model else None
 
-    def judge_identity(self) -> dict[str, Any]:
-        if not self.cfg.judge_model:
-            return {"model": None}
-        return {"model": self.target(JUDGE_LABEL).litellm_model}
+    def judge_target(self, bench: Benchmark) -> ModelTarget:
+        """The judge, resolved on its own (``--judge-backend``/``--judge-api-base``), never the policy's URL."""
+        label = self.judge_label(bench)
+        if label is None:
+            raise LookupError(f"{bench.name}: no judge (pass --judge-model)")
+        return self.runtime_target_for(label)
+
+    def judge_identity(self, bench: Benchmark) -> dict[str, Any]:
+        label = self.judge_label(bench)
+        return {"model": self.target(label).litellm_model if label else None}
 
     def targets(self) -> list[ModelTarget]:
         return [self.target(label) for label in self.cfg.models]
@@ -177,8 +182,19 @@ class MetisSession:
     def data_spec(self, bench: Benchmark) -> DataSpec:
         from metis_pytest.registry import DataSpec
 
-        return DataSpec(source=self.cfg.dataset or bench.default_source, split=self.cfg.dataset_split,
-                        revision=self.cfg.dataset_revision)
+        return DataSpec(source=self.cfg.dataset or bench.source_for(self.cfg), split=self.cfg.dataset_split,
+                        revision=self.cfg.dataset_revision, options=self.bench_options(bench, "data"))
+
+    def bench_options(self, bench: Benchmark, affects: str) -> tuple[tuple[str, Any], ...]:
+        """The values of the benchmark's own options that change ``affects`` (data, rollout, scoring)."""
+        return tuple(sorted((o.ini, self.cfg.extra.get(o.ini, o.default)) for o in bench.options
+                            if o.affects == affects))
+
+    def toolbox_factory(self, bench: Benchmark) -> Any:
+        """For tool-calling processors: ``row -> Toolbox``, from the benchmark's ``toolbox``."""
+        if bench.toolbox is None:
+            raise RuntimeError(f"benchmark {bench.name!r} runs a tool-calling processor but declares no toolbox")
+        return lambda row: bench.toolbox(self, row)
 
     def rows(self, bench: Benchmark) -> list[EvaluationRow]:
         """The benchmark's rows, loaded once per process (collection checks them before any request)."""

@@ -17,7 +17,8 @@ def _summaries(bench_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_benchmark(bench_dir: Path) -> Path | None:
-    """Write ``bench_dir/summary.png``; returns its path, or None when there is nothing to draw."""
+    """Write ``bench_dir/summary.png`` (and ``summary_by_<field>.png`` for a benchmark with a
+    breakdown); returns the first path, or None when there is nothing to draw."""
     summaries = [s for s in _summaries(bench_dir) if s.get("metrics")]
     if not summaries:
         return None
@@ -25,6 +26,9 @@ def plot_benchmark(bench_dir: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    for group in sorted({g for s in summaries for g in (s.get("by") or {})}):
+        _plot_by(plt, bench_dir, summaries, group)
 
     primary = summaries[0].get("primary_metric")
     metrics = sorted({m for s in summaries for m in s["metrics"]}, key=lambda m: (m != primary, m))
@@ -45,6 +49,33 @@ def plot_benchmark(bench_dir: Path) -> Path | None:
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     out = bench_dir / "summary.png"
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _plot_by(plt: Any, bench_dir: Path, summaries: list[dict[str, Any]], group: str) -> Path:
+    """The primary score by one breakdown field (``domain``), a bar per model, 95% intervals."""
+    values = sorted({v for s in summaries for v in (s.get("by") or {}).get(group, {})})
+    width = 0.8 / len(summaries)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(values) * max(1, len(summaries)) ** 0.5), 4.2))
+    lows = [0.0]
+    for i, s in enumerate(summaries):
+        parts = (s.get("by") or {}).get(group, {})
+        means = [(parts.get(v) or {}).get("score") or 0.0 for v in values]
+        errs = [1.96 * ((parts.get(v) or {}).get("stderr") or 0.0) for v in values]
+        lows += [m - e for m, e in zip(means, errs)]
+        xs = [j + (i - (len(summaries) - 1) / 2) * width for j in range(len(values))]
+        bars = ax.bar(xs, means, width, yerr=errs, capsize=3, label=f"{s['model']} (n={s['n']})")
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in means], fontsize=8, padding=2)
+    ax.set_xticks(range(len(values)), values)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_ylim(min(-0.05, min(lows) - 0.05), 1.05)
+    ax.set_ylabel(f"{summaries[0].get('primary_metric') or 'score'} (95% CI)")
+    ax.set_title(f"{summaries[0].get('benchmark')} by {group}")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = bench_dir / f"summary_by_{group}.png"
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,23 @@ class RunConditions:
     judge: dict[str, Any] | None = None
     completion_params: dict[str, Any] = field(default_factory=dict)  # as sent to Eval Protocol (public)
     metric_notes: dict[str, str] = field(default_factory=dict)
+    rollout_options: dict[str, Any] = field(default_factory=dict)  # the benchmark's (tool caps, ...)
+    scoring_options: dict[str, Any] = field(default_factory=dict)  # the benchmark's (semantics, ...)
+    notes: list[str] = field(default_factory=list)  # shown with the summary (an offline demo says so)
 
     def completion_fields(self) -> dict[str, Any]:
-        return {"benchmark": self.benchmark, "sampling": self.sampling, "dataset_id": self.dataset_id,
-                "dataset_revision": self.dataset_revision, "dataset_split": self.dataset_split,
-                "prompt_hash": self.prompt_hash}
+        fields = {"benchmark": self.benchmark, "sampling": self.sampling, "dataset_id": self.dataset_id,
+                  "dataset_revision": self.dataset_revision, "dataset_split": self.dataset_split,
+                  "prompt_hash": self.prompt_hash}
+        if self.rollout_options:
+            fields["options"] = self.rollout_options
+        return fields
 
     def score_fields(self) -> dict[str, Any]:
-        return {**self.completion_fields(), "benchmark_version": self.benchmark_version, "judge": self.judge}
+        fields = {**self.completion_fields(), "benchmark_version": self.benchmark_version, "judge": self.judge}
+        if self.scoring_options:
+            fields["scoring_options"] = self.scoring_options
+        return fields
 
     @property
     def completion_key(self) -> str:
@@ -117,6 +126,7 @@ class RowRecord:
     usage: dict[str, int] | None = None
     rollout_seconds: float | None = None
     details: dict[str, Any] = field(default_factory=dict)  # the scorer's (extracted answers, judge verdicts)
+    groups: dict[str, Any] = field(default_factory=dict)  # the benchmark's breakdown fields (domain, ...)
     metadata: dict[str, Any] = field(default_factory=dict)  # resumed_from, replayed_from, attempts
     score_key: str = ""
     completion_key: str = ""
@@ -208,7 +218,7 @@ def summarize(records: list[RowRecord]) -> dict[str, Any]:
     indexes = sorted(by_run)
     run_means = [statistics.fmean(by_run[i]) for i in indexes]
     errored = [r for r in records if r.status == "errored"]
-    return {
+    out = {
         "score": score,
         "stderr": se,
         "n": len(by_row),
@@ -220,6 +230,24 @@ def summarize(records: list[RowRecord]) -> dict[str, Any]:
         "runs": {"n": len(indexes), "indexes": indexes, "means": run_means,
                  "std": statistics.stdev(run_means) if len(run_means) > 1 else None},
     }
+    groups = sorted({g for r in records for g in r.groups})
+    if groups:
+        out["by"] = {g: _by(records, g) for g in groups}
+    if len(indexes) > 1:
+        out["task_aggregation"] = {
+            row: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n_runs": len(v)}
+            for row, v in sorted(by_row.items())}
+    return out
+
+
+def _by(records: list[RowRecord], group: str) -> dict[str, Any]:
+    """Score, stderr and counts per value of one breakdown field (rows as the unit)."""
+    values = sorted({str(r.groups.get(group)) for r in records})
+    out = {}
+    for value in values:
+        part = summarize([replace(r, groups={}) for r in records if str(r.groups.get(group)) == value])
+        out[value] = {k: part[k] for k in ("score", "stderr", "n", "n_errored", "metrics")}
+    return out
 
 
 def git_info(cwd: Path | None = None) -> dict[str, Any]:
@@ -312,6 +340,7 @@ class RunStore:
                 **summarize(chosen),
                 "primary_metric": cond.primary_metric if cond else None,
                 "metric_notes": cond.metric_notes if cond else {},
+                "notes": cond.notes if cond else [],
                 "benchmark_version": cond.benchmark_version if cond else None,
                 "completion_params": cond.completion_params if cond else None,
                 "sampling": cond.sampling if cond else None,

@@ -195,7 +195,7 @@ JUDGED = Benchmark(name="judged", version="1.0", primary_metric="judge", default
 
 @evaluation_test(JUDGED)
 async def test_judged(row: EvaluationRow) -> EvaluationRow:
-    async with JudgeClient(judge_target()) as judge:
+    async with JudgeClient(judge_target(JUDGED)) as judge:
         verdict = await judge.judge(PROMPT, {"answer": last_assistant_text(row), "gold": str(row.ground_truth)},
                                     Verdict)
     ok = float(verdict.valid and verdict.data.correct)

@@ -142,11 +142,13 @@ def test_the_judge_is_resolved_on_its_own(pytester: pytest.Pytester) -> None:
     config = pytester.parseconfigure("--api-base", "http://127.0.0.1:9/v1", "--model", "policy",
                                      "--judge-model", "openai/gpt-4o")
     try:
+        from evals.gsm8k.benchmark import BENCHMARK
+
         session = config.pluginmanager.get_plugin(metis_session.PLUGIN_NAME)
-        judge = session.judge_target()
+        judge = session.judge_target(BENCHMARK)
         assert judge.backend == "api" and judge.api_base == "https://api.openai.com/v1"  # not the policy's URL
         assert session.target("policy").api_base == "http://127.0.0.1:9/v1"
-        assert session.judge_identity() == {"model": "openai/gpt-4o"}
+        assert session.judge_identity(BENCHMARK) == {"model": "openai/gpt-4o"}
     finally:
         config._ensure_unconfigure()
 

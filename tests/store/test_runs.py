@@ -185,3 +185,16 @@ def test_git_info_records_the_commit_and_whether_tracked_files_changed(tmp_path:
     assert git_info(tmp_path)["dirty"] is False  # an untracked file does not change what ran
     (tmp_path / "a.txt").write_text("2")
     assert git_info(tmp_path)["dirty"] is True
+
+
+def test_scores_by_a_breakdown_field_and_per_task_aggregation_over_runs() -> None:
+    records = [replace(rec("s1", 1.0, run=0), groups={"domain": "shopping"}),
+               replace(rec("s1", 0.0, run=1), groups={"domain": "shopping"}),
+               replace(rec("f1", 1.0, run=0), groups={"domain": "food"}),
+               replace(rec("f1", 1.0, run=1), groups={"domain": "food"}),
+               replace(rec("f2", None, status="errored"), groups={"domain": "food"})]
+    s = summarize(records)
+    assert s["by"]["domain"]["shopping"]["score"] == 0.5 and s["by"]["domain"]["shopping"]["n"] == 1
+    assert s["by"]["domain"]["food"]["score"] == 1.0 and s["by"]["domain"]["food"]["n_errored"] == 1
+    assert s["task_aggregation"]["s1"] == {"mean": 0.5, "std": pytest.approx(math.sqrt(0.5)), "n_runs": 2}
+    assert "task_aggregation" not in summarize([rec("a", 1.0)]) and "by" not in summarize([rec("a", 1.0)])

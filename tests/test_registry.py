@@ -30,6 +30,9 @@ def test_two_different_specs_cannot_share_a_name() -> None:
     from evals.gsm8k.benchmark import BENCHMARK
 
     assert registry.register_benchmark(BENCHMARK) is BENCHMARK  # the same spec again: unchanged
+    reimported = Benchmark(**BENCHMARK.__dict__)  # what importing the same module again makes
+    assert registry.register_benchmark(reimported) is reimported
+    registry.register_benchmark(BENCHMARK)
     with pytest.raises(ValueError, match="registered twice"):
         registry.register_benchmark(Benchmark(**{**BENCHMARK.__dict__, "version": "9.9.9"}))
 

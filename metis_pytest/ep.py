@@ -49,6 +49,8 @@ __all__ = ["Benchmark", "evaluation_test", "last_assistant_text", "score_row", "
            "CoalescingLogger", "judge_target"]
 
 RowFunction = Callable[[EvaluationRow], Any]
+# What a processor leaves in ``execution_metadata.extra`` that the record keeps (and restores on resume).
+KEPT_METADATA = ("resumed_from", "replayed_from", "attempts", "param_mapping", "agent")
 
 
 class CoalescingLogger(DatasetLogger):
@@ -161,7 +163,7 @@ def _record(bench: Benchmark, row: EvaluationRow, error: dict[str, Any] | None) 
         rollout_seconds=meta.rollout_duration_seconds,
         details=dict(info.get("details") or {}),
         groups={g: (row.input_metadata.dataset_info or {}).get(g) for g in bench.breakdown},
-        metadata={k: extra[k] for k in ("resumed_from", "replayed_from", "attempts") if extra.get(k) is not None},
+        metadata={k: extra[k] for k in KEPT_METADATA if extra.get(k) is not None},
         score_key=cond.score_key, completion_key=cond.completion_key,
     ))
 
@@ -182,9 +184,10 @@ def _lookup(bench: Benchmark) -> Callable[[dict[str, Any], EvaluationRow], Store
             return None
         if record is None:
             return None
+        kept = {k: v for k, v in record.metadata.items() if k in ("agent", "param_mapping")}
         return StoredCompletion(content=record.completion or "", messages=record.messages,
                                 finish_reason=record.finish_reason, usage=record.usage,
-                                source=f"{record.session}/{record.worker}")
+                                source=f"{record.session}/{record.worker}", metadata=kept)
 
     return lookup
 

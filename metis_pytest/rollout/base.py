@@ -30,7 +30,7 @@ def register_processor(name: str) -> Callable[[F], F]:
 
 
 def processor_factory(name: str) -> Callable[..., Any]:
-    from metis_pytest.rollout import replay, single_turn  # noqa: F401  (their decorators register them)
+    from metis_pytest.rollout import agent, replay, single_turn  # noqa: F401  (their decorators register them)
 
     try:
         return _PROCESSORS[name]
@@ -50,6 +50,7 @@ class StoredCompletion:
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     source: str | None = None
+    metadata: dict[str, Any] | None = None  # what the processor kept beside the messages (tool records)
 
 
 # Given the public completion params and a row (its run index set), a stored completion or None.

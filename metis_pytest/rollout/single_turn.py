@@ -176,7 +176,8 @@ def restore(row: EvaluationRow, stored: StoredCompletion, start: float, provenan
         row.messages = load_messages(stored.messages)
     else:
         row.messages = without_reply(row) + [Message(role="assistant", content=stored.content)]
-    finish(row, stored.finish_reason, stored.usage, start, {"attempts": 0, provenance: stored.source})
+    finish(row, stored.finish_reason, stored.usage, start,
+           {**(stored.metadata or {}), "attempts": 0, provenance: stored.source})
     return row
 
 

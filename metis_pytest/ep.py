@@ -329,7 +329,7 @@ def conditions_for(bench: Benchmark, session: metis_session.MetisSession, params
         benchmark=bench.name, model=label, benchmark_version=bench.version,
         sampling=json.loads(json.dumps(sampling, default=str)),
         dataset_id=bench.dataset_id(spec), dataset_revision=bench.dataset_revision(spec),
-        dataset_split=spec.split, prompt_hash=bench.prompt_hash, primary_metric=bench.primary_metric,
+        dataset_split=spec.split, prompt_hash=bench.prompt_hash_value(), primary_metric=bench.primary_metric,
         judge=judge, completion_params=dict(params), metric_notes=dict(bench.metric_notes),
         rollout_options=_jsonable(session.bench_options(bench, "rollout")),
         scoring_options=_jsonable(session.bench_options(bench, "scoring")),

@@ -92,6 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(session, metis_session.PLUGIN_NAME)
     config.pluginmanager.import_plugin("metis_pytest.fixtures")
     config.pluginmanager.import_plugin("metis_pytest.testing.fixtures")
+    config.pluginmanager.import_plugin("metis_pytest.testing.fake_web")
     if workerinput and workerinput.get("metis_controller_pid"):
         _watch_controller(int(workerinput["metis_controller_pid"]), session)
 

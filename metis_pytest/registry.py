@@ -128,7 +128,7 @@ class Benchmark:
     dataset_id: Callable[[DataSpec], str]
     dataset_revision: Callable[[DataSpec], str]
     score: Scorer
-    prompt_hash: str = ""
+    prompt_hash: str | Callable[[], str] = ""  # or a function computing it when first needed
     processor: str = "single_turn"
     axes: tuple[str, ...] = ()
     judge_prompt_version: str | None = None
@@ -138,6 +138,9 @@ class Benchmark:
     toolbox: Callable[..., Any] | None = None
     default_judge: str | Callable[[Any], str] | None = None  # when --judge-model is not given
     notes: Callable[[Any], list[str]] | None = None  # config -> lines for the summary and the terminal
+
+    def prompt_hash_value(self) -> str:
+        return self.prompt_hash() if callable(self.prompt_hash) else self.prompt_hash
 
     def source_for(self, config: Any) -> str:
         return self.default_source(config) if callable(self.default_source) else self.default_source

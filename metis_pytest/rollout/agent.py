@@ -44,7 +44,8 @@ first row is rolled out (not when the test module is collected):
 2. ``bench.toolbox``, the benchmark's ``(session, row) -> Toolbox``;
 3. ``bench.make_toolbox``, a ``(row) -> Toolbox``.
 
-``bench.max_turns``, when the benchmark has it, caps the turns (else 10). A toolbox with an async
+The benchmark's option ``<benchmark>_max_turns`` (ini name; ACE's is ``--max-turns``), when it
+declares one, caps the turns (else 10). A toolbox with an async
 ``aclose()`` has it awaited when its row is done.
 """
 
@@ -390,4 +391,4 @@ def agent_processor(session: Any, bench: Any, lookup: Lookup | None) -> AgentPro
     return AgentProcessor(resolver=session.runtime_target,
                           policy=RetryPolicy(max_retries=cfg.max_retries, timeout=cfg.request_timeout),
                           lookup=lookup, toolbox_factory=toolbox_factory_for(session, bench),
-                          max_turns=int(getattr(bench, "max_turns", None) or DEFAULT_MAX_TURNS))
+                          max_turns=int(cfg.extra.get(f"{bench.name}_max_turns") or DEFAULT_MAX_TURNS))

@@ -488,9 +488,9 @@ def test_the_registered_factory_finds_the_toolbox_lazily(scripted_llm_factory) -
         made.append((session, row))
         return FakeToolbox()
 
-    session = SimpleNamespace(cfg=SimpleNamespace(max_retries=1, request_timeout=5.0),
+    session = SimpleNamespace(cfg=SimpleNamespace(max_retries=1, request_timeout=5.0, extra={"b_max_turns": 4}),
                               runtime_target=target_from_params)
-    bench = SimpleNamespace(name="b", toolbox=toolbox, max_turns=4)
+    bench = SimpleNamespace(name="b", toolbox=toolbox)
     processor = processor_factory("agent")(session, bench, None)
     assert isinstance(processor, AgentProcessor) and processor.max_turns == 4 and not made
     assert processor.policy.max_retries == 1 and processor.policy.timeout == 5.0

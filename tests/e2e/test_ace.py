@@ -1,0 +1,113 @@
+"""ACE end to end: a scripted agent that searches and reads, a scripted judge, the demo tasks and their
+recorded pages replayed from the shipped snapshot; artifacts on disk, summary by domain, -n 2 merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metis_pytest.testing import Reply
+from tests.e2e.conftest import read_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "datasets" / "ace_demo"
+ANSWERS = {
+    "water bottle": ("stainless steel water bottle 750 ml under $30 keeps cold 24 hours",
+                     "https://trailgear.example/products/arctic-trail-750",
+                     "I recommend the Arctic Trail 750 ml Insulated Steel Bottle: $24.99, 750 ml, cold for 24 hours. "
+                     "Buy it here: https://trailgear.example/products/arctic-trail-750"),
+    "vegetarian dinner": ("vegetarian dinner recipe 30 minutes serves 4",
+                          "https://quickveg.example/recipes/chickpea-spinach-curry",
+                          "Chickpea and Spinach Curry: vegetarian, serves 4, 25 minutes in total."),
+    "board game": ("cooperative board game for two players under an hour", "https://tabletop.example/games/lantern-keepers",
+                   "Lantern Keepers: fully cooperative, exactly 2 players, 40 minutes."),
+}
+
+
+def agent(body: dict[str, Any]) -> Reply | str:
+    """Search, read the first result, answer: one tool call a turn."""
+    question = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    query, url, answer = next(v for k, v in ANSWERS.items() if k in question)
+    done = sum(1 for m in body["messages"] if m["role"] == "tool")
+    if done == 0:
+        return Reply(tool_calls=[{"name": "web_search", "arguments": {"query": query}}])
+    if done == 1:
+        return Reply(tool_calls=[{"name": "browse_page", "arguments": {"url": url}}])
+    return answer
+
+
+def judge(body: dict[str, Any]) -> str:
+    """Everything passes; the reply fits the schema the judge asked for."""
+    name = body["response_format"]["json_schema"]["name"]
+    text = json.dumps(body["messages"])
+    replies = {
+        "Recommendations": {"recommendations": ["the recommended item"]},
+        "SourceMap": {"recommendations": [{"number": 1, "sources": [1]}]},
+        "ProductLinks": {"urls": [u for _, u, _ in ANSWERS.values() if u in text][:1]},
+        "LinkCheck": {"valid": True, "page_type": "product", "reason": "a product page with a buy button"},
+        "Stage1Check": {"passes": True, "evaluation_type": "holistic", "reasoning": "stated"},
+        "GroundedStage1Check": {"passes": True, "evaluation_type": "holistic", "reasoning": "stated"},
+        "SourceCheck": {"verified": True, "reason": "source 1 says so"},
+    }
+    return json.dumps(replies[name])
+
+
+@pytest.fixture
+def ace(pytester: pytest.Pytester, run_eval, scripted_llm_factory):
+    pytester.makepyfile(test_eval="from evals.ace.test_ace import test_ace  # noqa: F401\n")
+    policy = scripted_llm_factory(default=agent)
+    grader = scripted_llm_factory(default=judge)
+
+    def run(*args: str) -> pytest.RunResult:
+        return run_eval("--backend", "openai", "--api-base", policy.base_url, "--model", "agent",
+                        "--judge-model", "grader", "--judge-backend", "openai", "--judge-api-base", grader.base_url,
+                        "--dataset", str(DEMO), "--ace-snapshot", str(DEMO / "snapshot.json"), *args)
+
+    run.policy, run.grader, run.out = policy, grader, run_eval.out  # type: ignore[attr-defined]
+    return run
+
+
+def test_ace_agent_tools_judge_artifacts_and_summary(ace) -> None:
+    result = ace("-v")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_ace[[]agent-shopping-9001[]]*PASSED*"])
+    s = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    assert (s["n"], s["n_errored"], s["score"]) == (3, 0, 1.0)
+    assert set(s["by"]["domain"]) == {"shopping", "food", "gaming"}
+    assert s["metrics"]["hurdle_pass"]["mean"] == 1.0
+    assert s["judge"] == {"model": "openai/grader", "prompt_version": "1.0.0"}
+    assert (ace.out / "ace" / "summary_by_domain.png").read_bytes()[:4] == b"\x89PNG"
+    task = ace.out / "ace" / "agent" / "shopping" / "task_9001"
+    trace = json.loads((task / "trace.json").read_text())
+    assert [c["name"] for c in trace["tool_calls"]] == ["web_search", "browse_page"]
+    assert trace["response"].startswith("I recommend the Arctic Trail")
+    [source] = json.loads((task / "2_scraped_sources.json").read_text())
+    assert source["url"].endswith("arctic-trail-750") and "$24.99" in source["content"]
+    grades = json.loads((task / "3_autograder_results.json").read_text())
+    text = json.dumps(grades)
+    assert "openai/grader" in text and '"link"' in text
+    rows = read_jsonl(ace.out / "ace" / "agent" / "rows.jsonl")
+    assert all(r["messages"][-1]["role"] == "assistant" and r["metadata"]["agent"]["tool_calls"] for r in rows)
+    # The agent and the judge each went to their own server; the policy's never saw a judge prompt.
+    assert all("response_format" not in r.body for r in ace.policy.requests)
+    assert all(r.body["model"] == "grader" for r in ace.grader.requests)
+
+
+def test_ace_items_merge_under_xdist_into_the_serial_summary(ace, pytester) -> None:
+    ace().assert_outcomes(passed=3)
+    serial = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    (ace.out).rename(pytester.path / "serial")
+    ace("-n", "2").assert_outcomes(passed=3)
+    parallel = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    for key in ("score", "stderr", "n", "n_errored", "metrics", "by"):
+        assert parallel[key] == serial[key], key
+    assert sorted(parallel["workers"]) == ["gw0", "gw1"]
+
+
+def test_ace_with_a_domain_filter_and_the_metis_semantics(ace) -> None:
+    ace("--domains", "food", "--ace-semantics", "metis").assert_outcomes(passed=1)
+    s = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    assert s["n"] == 1 and list(s["by"]["domain"]) == ["food"]

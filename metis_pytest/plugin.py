@@ -250,6 +250,8 @@ def _selection(config: pytest.Config) -> dict[str, Any]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     metis = metis_session.current()
+    for finalize in reversed(metis.finalizers):
+        finalize()
     metis.store.close()
     if not metis.is_controller:
         return

@@ -53,6 +53,7 @@ class MetisSession:
         self.replay_source = RecordedRun(cfg.replay) if cfg.replay is not None else None
         self.data_problems: dict[str, str] = {}  # benchmark -> one-line reason its rows cannot be loaded
         self.cache: dict[str, Any] = {}  # per-process objects a benchmark keeps (ACE's web clients)
+        self.finalizers: list[Any] = []  # called at session end in every process (close a snapshot)
         self._conditions: dict[tuple[str, str], RunConditions] = {}
         self._rows: dict[tuple[str, Any], list[EvaluationRow]] = {}
         self._targets: dict[str, ModelTarget] = {}

@@ -42,6 +42,10 @@ OPTIONS = (
     Option("--ace-snapshot", "ace_snapshot",
            "Snapshot of searches and pages: replayed offline if the file exists, else recorded into it.",
            affects="environment"),
+    Option("--searchapi-url", "ace_searchapi_url",
+           "SearchAPI.io endpoint (a proxy, or a fake in tests). Default: https://www.searchapi.io/api/v1/search.",
+           affects="environment"),
+    Option("--jina-url", "ace_jina_url", "Jina Reader endpoint. Default: https://r.jina.ai/.", affects="environment"),
     Option("--max-turns", "ace_max_turns", "Model turns that may call tools, per task.", default=10, kind="int",
            affects="rollout"),
     Option("--max-searches", "ace_max_searches", "web_search calls allowed per task.", default=5, kind="int",
@@ -134,7 +138,11 @@ def web(session: Any) -> Any:
         made: Any = ClosestQuery(replayed) if is_demo(cfg) and not chosen else replayed
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        made = Snapshot(path, mode="record").web(LiveWeb(SearchAPIClient(), JinaReaderClient()))
+        searcher = SearchAPIClient(**({"base_url": cfg.extra["ace_searchapi_url"]} if cfg.extra.get("ace_searchapi_url") else {}))
+        reader = JinaReaderClient(**({"base_url": cfg.extra["ace_jina_url"]} if cfg.extra.get("ace_jina_url") else {}))
+        snapshot = Snapshot(path, mode="record")
+        session.finalizers.append(snapshot.close)  # the journal becomes the JSON file at session end
+        made = snapshot.web(LiveWeb(searcher, reader))
     session.cache["ace_web"] = made
     return made
 

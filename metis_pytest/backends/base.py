@@ -80,6 +80,9 @@ class ModelTarget:
     max_concurrency: int | None = None
     # A lock file that makes ``max_concurrency`` 1 hold across processes (pytest-xdist workers).
     slot_lock: str | None = None
+    # How the server takes a JSON schema for structured output: OpenAI's ``json_schema`` (OpenAI, vLLM),
+    # or ``json_object`` with a ``schema`` (llama-cpp-python's server, which refuses ``json_schema``).
+    json_format: str = "json_schema"
 
     @property
     def runtime_key(self) -> str:

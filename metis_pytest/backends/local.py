@@ -46,6 +46,7 @@ class LocalBackend(BaseBackend):
             openai_wire=True,
             served_model=alias,
             max_concurrency=1,  # llama.cpp's server runs one request at a time
+            json_format="json_object",  # llama-cpp-python: {"type": "json_object", "schema": ...}
         )
 
     def needs_prepare(self, target: ModelTarget) -> bool:

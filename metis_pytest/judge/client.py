@@ -259,7 +259,9 @@ class JudgeClient:
     def request_params(self, schema: type[pydantic.BaseModel]) -> dict[str, Any]:
         """The public params of one request: model, sampling params and, if supported, ``response_format``."""
         public: dict[str, Any] = {"model": self.target.litellm_model, **self.params}
-        if self.supports_response_format:
+        if self.supports_response_format and self.target.json_format == "json_object":
+            public["response_format"] = {"type": "json_object", "schema": schema.model_json_schema()}
+        elif self.supports_response_format:
             public["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name(schema), "schema": schema.model_json_schema(),

@@ -4,6 +4,7 @@ recorded pages replayed from the shipped snapshot; artifacts on disk, summary by
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ ANSWERS = {
 }
 
 
-def agent(body: dict[str, Any]) -> Reply | str:
+def agent(body: dict[str, Any], answers: dict[str, tuple[str, str, str]] = ANSWERS) -> Reply | str:
     """Search, read the first result, answer: one tool call a turn."""
     question = next(m["content"] for m in body["messages"] if m["role"] == "user")
-    query, url, answer = next(v for k, v in ANSWERS.items() if k in question)
+    query, url, answer = next(v for k, v in answers.items() if k in question)
     done = sum(1 for m in body["messages"] if m["role"] == "tool")
     if done == 0:
         return Reply(tool_calls=[{"name": "web_search", "arguments": {"query": query}}])
@@ -46,7 +47,7 @@ def judge(body: dict[str, Any]) -> str:
     replies = {
         "Recommendations": {"recommendations": ["the recommended item"]},
         "SourceMap": {"recommendations": [{"number": 1, "sources": [1]}]},
-        "ProductLinks": {"urls": [u for _, u, _ in ANSWERS.values() if u in text][:1]},
+        "ProductLinks": {"urls": re.findall(r"https?://[^\s\"\\]+", text)[:1]},
         "LinkCheck": {"valid": True, "page_type": "product", "reason": "a product page with a buy button"},
         "Stage1Check": {"passes": True, "evaluation_type": "holistic", "reasoning": "stated"},
         "GroundedStage1Check": {"passes": True, "evaluation_type": "holistic", "reasoning": "stated"},
@@ -111,3 +112,29 @@ def test_ace_with_a_domain_filter_and_the_metis_semantics(ace) -> None:
     ace("--domains", "food", "--ace-semantics", "metis").assert_outcomes(passed=1)
     s = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
     assert s["n"] == 1 and list(s["by"]["domain"]) == ["food"]
+
+
+PUBLIC = "http://93.184.216.34"  # a public address literal: passes the URL check with no DNS here
+
+
+def test_a_live_run_records_its_web_and_the_replay_scores_the_same(ace, fake_searchapi, fake_jina, tmp_path) -> None:
+    for _, url, _ in ANSWERS.values():
+        path = url.split("/", 3)[3]
+        fake_jina.script({f"{PUBLIC}/{path}": {"title": path, "content": f"Everything the task asks for. {path}"}})
+    fake_searchapi.script({query: [{"title": "hit", "link": f"{PUBLIC}/{url.split('/', 3)[3]}", "snippet": "s"}]
+                           for query, url, _ in ANSWERS.values()})
+    ANSWERS_LIVE = {k: (q, f"{PUBLIC}/{u.split('/', 3)[3]}", a.replace(u, f"{PUBLIC}/{u.split('/', 3)[3]}"))
+                    for k, (q, u, a) in ANSWERS.items()}
+    snapshot = tmp_path / "web.json"
+    ace.policy.script(default=lambda body: agent(body, ANSWERS_LIVE))
+    live = ("--ace-snapshot", str(snapshot), "--searchapi-url", fake_searchapi.base_url, "--jina-url", fake_jina.base_url)
+    ace(*live).assert_outcomes(passed=3)
+    first = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    assert len(fake_searchapi.requests) == 3 and len(fake_jina.requests) >= 3 and snapshot.exists()
+    fake_searchapi.stop()
+    fake_jina.stop()
+    ace.out.rename(tmp_path / "live-run")
+    ace(*live).assert_outcomes(passed=3)  # the file exists now: replayed, with the fakes gone
+    second = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    for key in ("score", "n", "n_errored", "metrics", "by"):
+        assert second[key] == first[key], key

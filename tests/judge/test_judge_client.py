@@ -266,6 +266,16 @@ async def test_response_format_carries_the_schema_when_supported(scripted_llm_fa
     assert "JSON schema" in without["messages"][0]["content"]  # the prompt still asks for it
 
 
+async def test_llama_cpp_gets_the_schema_as_a_json_object_format(scripted_llm_factory) -> None:
+    """llama-cpp-python's server refuses OpenAI's json_schema (HTTP 500); it takes json_object + schema."""
+    from dataclasses import replace
+
+    server = scripted_llm_factory(default=GOOD)
+    async with JudgeClient(replace(judge_target(server), json_format="json_object"), policy=FAST) as client:
+        assert (await ask(client)).valid
+    assert server.requests[0].body["response_format"] == {"type": "json_object", "schema": Grade.model_json_schema()}
+
+
 async def test_the_judge_only_talks_to_its_own_target(scripted_llm_factory) -> None:
     policy_server = scripted_llm_factory(default="policy answer")
     judge_server = scripted_llm_factory(default=sequence("prose first", GOOD))

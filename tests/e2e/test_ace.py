@@ -138,3 +138,13 @@ def test_a_live_run_records_its_web_and_the_replay_scores_the_same(ace, fake_sea
     second = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
     for key in ("score", "n", "n_errored", "metrics", "by"):
         assert second[key] == first[key], key
+
+
+def test_with_several_runs_each_run_has_its_folder_and_tasks_are_aggregated(ace) -> None:
+    ace("--runs", "2", "--domains", "gaming").assert_outcomes(passed=1)
+    task = ace.out / "ace" / "agent" / "gaming" / "task_9201"
+    assert sorted(p.name for p in task.iterdir()) == ["run_0", "run_1"]
+    assert all((task / run / "3_autograder_results.json").is_file() for run in ("run_0", "run_1"))
+    s = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    assert s["runs"]["indexes"] == [0, 1]
+    assert s["task_aggregation"]["ace-gaming-9201"] == {"mean": 1.0, "std": 0.0, "n_runs": 2}

@@ -161,6 +161,9 @@ def _skip_reason(item: pytest.Item, session: metis_session.MetisSession) -> str 
     if missing:
         return f"model {label!r} needs {', '.join(missing)} (not set in the environment)"
     bench = item_benchmark(item)
+    needed = [name for name in (bench.requires_env(session.cfg) if bench.requires_env else ()) if not os.environ.get(name)]
+    if needed:
+        return f"{bench.name} needs {', '.join(needed)} (not set in the environment)"
     if bench.judge_prompt_version is not None:
         judge = session.judge_label(bench)
         if judge is None:

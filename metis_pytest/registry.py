@@ -138,6 +138,7 @@ class Benchmark:
     toolbox: Callable[..., Any] | None = None
     default_judge: str | Callable[[Any], str] | None = None  # when --judge-model is not given
     notes: Callable[[Any], list[str]] | None = None  # config -> lines for the summary and the terminal
+    requires_env: Callable[[Any], tuple[str, ...]] | None = None  # config -> variables its items need
 
     def prompt_hash_value(self) -> str:
         return self.prompt_hash() if callable(self.prompt_hash) else self.prompt_hash

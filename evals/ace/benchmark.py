@@ -76,6 +76,12 @@ def _notes(cfg: Any) -> list[str]:
     return [DEMO_NOTE] if is_demo(cfg) else []
 
 
+def _requires_env(cfg: Any) -> tuple[str, ...]:
+    """A live run searches: SearchAPI.io's key. A replayed snapshot and the demo need none."""
+    chosen = cfg.extra.get("ace_snapshot")
+    return () if is_demo(cfg) or (chosen and Path(chosen).exists()) else ("SEARCHAPI_IO_KEY",)
+
+
 def _load(spec: DataSpec) -> list[Any]:
     from evals.ace import dataset
 
@@ -207,6 +213,7 @@ BENCHMARK = register_benchmark(Benchmark(
     toolbox=toolbox,
     default_judge=_judge,
     notes=_notes,
+    requires_env=_requires_env,
     metric_notes={"ace_score": "task score in [-1, 1]: the criteria's total (0 when a hurdle fails) over their number",
                   "hurdle_pass": "share of tasks whose hurdle criteria all scored +1"},
 ))

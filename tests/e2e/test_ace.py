@@ -148,3 +148,10 @@ def test_with_several_runs_each_run_has_its_folder_and_tasks_are_aggregated(ace)
     s = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
     assert s["runs"]["indexes"] == [0, 1]
     assert s["task_aggregation"]["ace-gaming-9201"] == {"mean": 1.0, "std": 0.0, "n_runs": 2}
+
+
+def test_a_live_run_without_the_search_key_is_skipped_naming_it(ace, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("SEARCHAPI_IO_KEY", raising=False)
+    result = ace("--ace-snapshot", str(tmp_path / "new.json"), "-rs")  # no such file yet: a live run
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["*ace needs SEARCHAPI_IO_KEY (not set in the environment)*"])

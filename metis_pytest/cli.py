@@ -4,6 +4,8 @@
     metis serve-local            # run the embedded llama.cpp server in the foreground
     metis show runs/             # print every summary.json under a run folder
     metis plot runs/             # draw runs/<benchmark>/summary.png (models x metrics, 95% CIs)
+    metis data export gsm8k --format verl --out data/gsm8k --dataset train.jsonl
+                                 # a benchmark's rows as verl RL parquet: DIR/{train,test}.parquet + manifest
 
 The weights are cached in $XDG_CACHE_HOME/metis (else ~/.cache/metis); --cache-dir DIR picks another folder.
 """
@@ -16,6 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _fetch_model(args: argparse.Namespace) -> int:
@@ -73,6 +76,37 @@ def _plot(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def _data_export(args: argparse.Namespace) -> int:
+    from metis_pytest.export import run_cli
+
+    return run_cli(args)
+
+
+def _add_data(sub: Any) -> None:
+    from metis_pytest.export import FORMATS, add_benchmark_options
+
+    data = sub.add_parser("data", help="benchmark data for training (export to verl's RL parquet)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    export = data_sub.add_parser(
+        "export", help="write a benchmark's rows as DIR/train.parquet, DIR/test.parquet and DIR/manifest.json",
+        description="Write a benchmark's rows (its registered loader) in verl's RL dataset schema, split "
+                    "train/test by a seeded hash of the row id. Schema and decisions: metis_pytest/export.py.")
+    export.add_argument("benchmark", help="a registered benchmark (gsm8k, ace, ...)")
+    export.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    export.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write the files into")
+    export.add_argument("--dataset", default=None, metavar="SRC",
+                        help="where the rows come from: a local file or folder, or 'hf'. Default: the benchmark's")
+    export.add_argument("--dataset-split", default=None, help="split to load (GSM8K from the Hub: train or test)")
+    export.add_argument("--dataset-revision", default=None, help="Hub revision (commit sha, tag or branch)")
+    export.add_argument("--split-ratio", type=float, default=0.75, metavar="R",
+                        help="share of the rows that go to train.parquet (default: 0.75)")
+    export.add_argument("--seed", type=int, default=0, help="seed of the train/test hash (default: 0)")
+    export.add_argument("--max-rows", type=int, default=None, metavar="N",
+                        help="export only the first N rows the loader returns")
+    add_benchmark_options(export)
+    export.set_defaults(func=_data_export)
+
+
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                         help="where the embedded model's weights are cached "
@@ -99,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="draw <benchmark>/summary.png for every benchmark in a run folder")
     plot.add_argument("run_dir", nargs="?", default="runs")
     plot.set_defaults(func=_plot)
+    _add_data(sub)
     return parser
 
 

@@ -229,6 +229,8 @@ def _leading_number(text: str) -> str | None | object:
         if not prefix and (before.isalnum() or before == "_"):
             continue  # digits glued to a word: "x2", "m3"
         token = match.group(0)
+        if prefix and prefix[0] in _MINUS_CHARS and before and before in _MINUS_CHARS + "+":
+            return None  # "--7", "+-7": a doubled sign is not a number
         if prefix and prefix[0] in _MINUS_CHARS and (before.isalnum() or before in ")]}"):
             token = token[1:]  # "a-10", ")-10": the minus is an operator, not a sign
         if _NOT_A_PLAIN_NUMBER_AFTER_RE.match(stripped, match.end()):

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metis_pytest.errors import DatasetError as HarnessDatasetError
+from metis_pytest.hub import hf_load_dataset
 from metis_pytest.registry import DataSpec
 
 if TYPE_CHECKING:
@@ -84,7 +85,6 @@ _HF_ALIASES = frozenset({"hf", DATASET_ID, HF_SOURCE})
 # Default: the Hugging Face dataset. Offline, point ``--dataset`` at a folder of ACE-*.csv files or one file.
 DEFAULT_SOURCE: str = "hf"
 HF_SPLIT: str = "train"
-_HF_INSTALL_HINT = "pip install 'metis-pytest[hf]'"
 
 DOMAINS: tuple[str, ...] = ("shopping", "food", "gaming", "diy")  # upstream's order
 DISPLAY_NAMES: Mapping[str, str] = {"shopping": "Shopping", "food": "Food", "gaming": "Gaming", "diy": "DIY"}
@@ -442,16 +442,7 @@ def load_hf(
     """
     chosen = _canonical_domains(domains) or DOMAINS
     rev = revision or "main"
-    try:
-        import datasets as hf_datasets
-    except ImportError:
-        hf_datasets = None
-    load_dataset = getattr(hf_datasets, "load_dataset", None)
-    if load_dataset is None:
-        # Also reached when `import datasets` finds the repository's own datasets/ data folder.
-        raise DatasetError(
-            f"Loading {DATASET_ID} from the Hugging Face Hub needs the `datasets` library: {_HF_INSTALL_HINT}"
-        )
+    load_dataset = hf_load_dataset(DATASET_ID, DatasetError)
     tasks: list[Task] = []
     for domain in chosen:
         config = HF_CONFIGS[domain]

@@ -37,6 +37,7 @@ from typing import Any
 from eval_protocol.models import EvaluationRow, InputMetadata, Message
 
 from metis_pytest.errors import DatasetError as HarnessDatasetError
+from metis_pytest.hub import HF_INSTALL_HINT, hf_load_dataset
 
 from . import prompts
 from .scoring import gold_from_answer, gold_number, normalize_number
@@ -65,7 +66,7 @@ _HF_ALIASES = frozenset({"hf", DATASET_ID, HF_SOURCE})
 # Default: the real benchmark, GSM8K's 1,319-row test split from the Hugging Face Hub. Offline,
 # point ``--dataset`` at a local file (e.g. the repo's 12-row ``datasets/gsm8k_smoke.jsonl``).
 DEFAULT_SOURCE: str = "hf"
-_HF_INSTALL_HINT = "pip install 'metis-pytest[hf]'"
+_HF_INSTALL_HINT = HF_INSTALL_HINT
 
 
 # Characters str.splitlines() breaks on; escaped so every DatasetError message is one line.
@@ -374,17 +375,7 @@ def load_hf(split: str = "test", revision: str | None = None) -> list[Evaluation
     ``dataset_info["revision"]`` records (``dataset_info["requested_revision"]`` keeps what was asked).
     """
     _check_split(split)
-    try:
-        import datasets as hf_datasets
-    except ImportError:
-        hf_datasets = None
-    load_dataset = getattr(hf_datasets, "load_dataset", None)
-    if load_dataset is None:
-        # Also reached when `import datasets` finds the repository's own datasets/ data folder
-        # (a namespace package, because Hugging Face's library is not installed).
-        raise DatasetError(
-            f"Loading {DATASET_ID} from the Hugging Face Hub needs the `datasets` library: {_HF_INSTALL_HINT}"
-        )
+    load_dataset = hf_load_dataset(DATASET_ID, DatasetError)
     sha = resolve_hf_revision(revision)
     records: Iterable[Any] = load_dataset(DATASET_ID, HF_CONFIG, split=split, revision=sha)
     extra = {"revision": sha, "requested_revision": revision or "main", "hf_config": HF_CONFIG}

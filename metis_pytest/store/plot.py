@@ -34,15 +34,19 @@ def plot_benchmark(bench_dir: Path) -> Path | None:
     metrics = sorted({m for s in summaries for m in s["metrics"]}, key=lambda m: (m != primary, m))
     width = 0.8 / len(summaries)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) * max(1, len(summaries)) ** 0.5), 4.2))
+    low = 0.0
     for i, s in enumerate(summaries):
         means = [(s["metrics"].get(m) or {}).get("mean") or 0.0 for m in metrics]
         errs = [1.96 * ((s["metrics"].get(m) or {}).get("stderr") or 0.0) for m in metrics]
+        low = min([low] + [m - e for m, e in zip(means, errs)])
         xs = [j + (i - (len(summaries) - 1) / 2) * width for j in range(len(metrics))]
         label = f"{s['model']} (n={s['n']}, errored={s['n_errored']})"
         bars = ax.bar(xs, means, width, yerr=errs, capsize=3, label=label)
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in means], fontsize=8, padding=2)
     ax.set_xticks(range(len(metrics)), [f"{m}\n(primary)" if m == primary else m for m in metrics])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(low - 0.05 if low < 0 else 0, 1.05)  # ACE's scores go down to -1
+    if low < 0:
+        ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("mean score (95% CI)")
     version = summaries[0].get("benchmark_version")
     ax.set_title(f"{summaries[0].get('benchmark')} v{version}" if version else str(summaries[0].get("benchmark")))

@@ -155,3 +155,48 @@ def test_a_live_run_without_the_search_key_is_skipped_naming_it(ace, monkeypatch
     result = ace("--ace-snapshot", str(tmp_path / "new.json"), "-rs")  # no such file yet: a live run
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["*ace needs SEARCHAPI_IO_KEY (not set in the environment)*"])
+
+
+def test_ep_logs_shows_each_task_with_its_criteria(ace, run_eval, tmp_path) -> None:
+    """The real `ep logs` server, reading this run's Eval Protocol store, sends the dashboard every ACE
+    task with each criterion's id, description and grade (the "Evaluation Result" panel)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from websockets.sync.client import connect
+
+    ace().assert_outcomes(passed=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HOME": str(run_eval.home), "FIREWORKS_API_KEY": "dummy", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    log = (tmp_path / "ep-logs.log").open("w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "ep"), "logs", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline, payload = time.monotonic() + 90, None
+        while payload is None:
+            assert server.poll() is None, (tmp_path / "ep-logs.log").read_text()[-2000:]
+            try:
+                with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+                    payload = json.loads(ws.recv(timeout=30))
+            except OSError:
+                assert time.monotonic() < deadline, "ep logs never accepted a connection"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert payload["type"] == "initialize_logs"
+    shown = {r["input_metadata"]["row_id"]: r for r in payload["logs"] if r.get("evaluation_result")}
+    assert set(shown) == {"ace-shopping-9001", "ace-food-9101", "ace-gaming-9201"}
+    for row_id, row in shown.items():
+        expected = row["input_metadata"]["dataset_info"]["criteria"]
+        graded = row["evaluation_result"]["trajectory_info"]["metis"]["details"]["criteria"]
+        assert [(c["criterion_id"], c["description"]) for c in graded] == \
+               [(c["id"], c["description"]) for c in expected], row_id
+        assert all({"route", "hurdle", "reasoning", "score"} <= set(c) for c in graded)
+        assert all(c["score"] == 1 for c in graded) and row["evaluation_result"]["score"] == 1.0

@@ -6,9 +6,11 @@ In a temporary directory holding one ``def test_ok(): assert True``, times
 1. ``bare``: ``-p no:metis -p no:eval_protocol``;
 2. ``metis-only``: ``-p no:eval_protocol``;
 3. ``ep-only``: ``-p no:metis``;
-4. ``both``: nothing disabled (the default for anyone with metis-pytest installed).
+4. ``both``: nothing disabled (the default for anyone with metis-pytest installed);
+5. ``both-lazy``: ``-p metis_pytest.lazy_imports`` (what this repo's ``addopts`` adds: LiteLLM is
+   not run until used, so Eval Protocol's plugin no longer pays for it).
 
-Runs are interleaved (1,2,3,4,1,2,3,4,...); median and min are reported, with the deltas
+Runs are interleaved (1,2,3,4,5,1,2,...); median and min are reported, with the deltas
 ``ours = (2) - (1)`` and ``eval-protocol = (3) - (1)``. Also recorded: the slowest cumulative
 imports of ``python -X importtime -c "import metis_pytest.plugin"``, and which of ``litellm``,
 ``eval_protocol``, ``aiohttp``, ``pandas`` that import pulls in.
@@ -42,6 +44,7 @@ CONFIGS: dict[str, list[str]] = {
     "metis-only": ["-p", "no:eval_protocol"],
     "ep-only": ["-p", "no:metis"],
     "both": [],
+    "both-lazy": ["-p", "metis_pytest.lazy_imports"],
 }
 HEAVY_MODULES: tuple[str, ...] = ("litellm", "eval_protocol", "aiohttp", "pandas")
 TRIVIAL_TEST = "def test_ok():\n    assert True\n"
@@ -125,6 +128,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "ours_median": delta("metis-only", "median_s"), "ours_min": delta("metis-only", "min_s"),
             "eval_protocol_median": delta("ep-only", "median_s"), "eval_protocol_min": delta("ep-only", "min_s"),
             "both_median": delta("both", "median_s"), "both_min": delta("both", "min_s"),
+            "both_lazy_median": delta("both-lazy", "median_s"), "both_lazy_min": delta("both-lazy", "min_s"),
         },
     }
 
@@ -146,6 +150,8 @@ def format_table(report: dict[str, Any]) -> str:
                  f"min {fmt(d['eval_protocol_min'], '+.3f')} s")
     lines.append(f"both (default - bare):           median {fmt(d['both_median'], '+.3f')} s, "
                  f"min {fmt(d['both_min'], '+.3f')} s")
+    lines.append(f"both-lazy (repo default - bare): median {fmt(d['both_lazy_median'], '+.3f')} s, "
+                 f"min {fmt(d['both_lazy_min'], '+.3f')} s")
     heavy = report["plugin_imports"]["heavy_modules_loaded"]
     verdict = "none" if heavy == [] else heavy
     lines.append(f"`import metis_pytest.plugin` loads heavy modules {list(HEAVY_MODULES)}: {verdict}"

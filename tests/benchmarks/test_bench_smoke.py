@@ -50,7 +50,7 @@ def test_bench_plugin_load_structure(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "plugin_load.json").read_text())
     assert (tmp_path / "plugin_load.png").stat().st_size > 0
     configs = report["summary"]["configs"]
-    assert set(configs) == {"bare", "metis-only", "ep-only", "both"}
+    assert set(configs) == {"bare", "metis-only", "ep-only", "both", "both-lazy"}
     for name, config in configs.items():
         assert config["failed_runs"] == 0 and config["median_s"] > 0, (name, report["runs"])
     assert {"ours_median", "eval_protocol_median"} <= report["summary"]["deltas_s"].keys()

@@ -49,7 +49,8 @@ def run_eval(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n")
 
     def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--output-dir", "out",
+        # -p metis_pytest.lazy_imports: as this repo's addopts (the child's rootdir is a temp folder)
+        return pytester.runpytest_subprocess("-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", "--output-dir", "out",
                                              "--dataset", str(SMOKE), *args, timeout=300)
 
     run.home = home  # type: ignore[attr-defined]

@@ -1,0 +1,93 @@
+"""Defer LiteLLM's import until something uses it: ``pytest -p metis_pytest.lazy_imports``.
+
+Eval Protocol's package ``__init__`` runs ``import litellm`` (and sets one flag on it), so every
+process that imports any part of Eval Protocol pays for LiteLLM: about 3 s of CPU here, in every
+pytest start (Eval Protocol's plugin is auto-loaded, even for an unrelated test) and in every
+pytest-xdist worker. Most Metis runs never call LiteLLM: ``--backend openai`` and ``local`` speak the
+OpenAI wire format over aiohttp, and ``--backend api`` only asks LiteLLM to map parameters.
+
+Loading this module first puts a placeholder module under ``sys.modules["litellm"]``. ``import
+litellm`` returns it without running LiteLLM's code; attributes set on it before then are kept; the
+first attribute read (``litellm.acompletion``, ``from litellm import x``, importing a submodule) runs
+LiteLLM's real ``__init__`` into the same module object, re-applies the attributes set earlier, and
+from then on it is an ordinary module. Threads that read it while another loads it wait for the load.
+
+It must load before Eval Protocol's plugin: the project's ``pyproject.toml`` puts ``-p
+metis_pytest.lazy_imports`` in pytest's ``addopts`` (``-p`` plugins load before entry-point plugins);
+another project can add the same to its own ``addopts``. If LiteLLM is already imported, it does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import types
+from typing import Any
+
+DEFERRED = ("litellm",)
+
+_STATE = "_metis_lazy"
+
+
+class LazyModule(types.ModuleType):
+    """A module whose code runs on the first attribute it does not already hold."""
+
+    def __getattr__(self, name: str) -> Any:
+        state: dict[str, Any] | None = self.__dict__.get(_STATE)
+        if state is None:  # loaded by another thread meanwhile
+            return types.ModuleType.__getattribute__(self, name)
+        with state["lock"]:  # a thread reading it while another loads it waits here
+            waited_for_another = self.__dict__.get(_STATE) is not state
+            if not waited_for_another:
+                if state["loading"]:  # a read from inside the module's own import: not there yet
+                    raise AttributeError(f"partially initialized module {self.__name__!r} has no attribute {name!r}")
+                _load(self, state)
+        return getattr(self, name)
+
+
+def _load(module: LazyModule, state: dict[str, Any]) -> None:
+    spec = state["spec"]
+    d = module.__dict__
+    preset = {k: v for k, v in d.items() if k not in state["initial"] and k != _STATE}
+    state["loading"] = True
+    if state["path"] is not None:
+        d["__path__"] = state["path"]
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(module.__name__) is module:  # as a failed import: the next one starts afresh
+            del sys.modules[module.__name__]
+        raise
+    finally:
+        state["loading"] = False
+    d.update(preset)
+    del d[_STATE]
+    module.__class__ = types.ModuleType  # type: ignore[assignment]
+
+
+def defer(name: str) -> bool:
+    """Put a lazy placeholder for ``name`` in ``sys.modules``; False if it is imported already or absent."""
+    if name in sys.modules:
+        return False
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    # Without ``__path__`` the first submodule import asks for it, and that loads the package first.
+    path = module.__dict__.pop("__path__", None)
+    module.__dict__[_STATE] = {"spec": spec, "path": path, "lock": threading.RLock(), "loading": False,
+                               "initial": set(module.__dict__) | {"__path__"}}
+    module.__class__ = LazyModule
+    sys.modules[name] = module
+    return True
+
+
+def is_loaded(name: str) -> bool:
+    """Whether ``name`` has run its code (False while it is still a lazy placeholder)."""
+    module = sys.modules.get(name)
+    return module is not None and not isinstance(module, LazyModule)
+
+
+for _name in DEFERRED:
+    defer(_name)

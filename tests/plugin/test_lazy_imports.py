@@ -1,0 +1,112 @@
+"""metis_pytest.lazy_imports: LiteLLM is not run until used, and works unchanged once it is."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from metis_pytest import lazy_imports
+
+
+@pytest.fixture
+def pkgdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A package whose import is slow and observable: it counts its runs in a file."""
+    pkg = tmp_path / "slowpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import pathlib, time
+        _runs = pathlib.Path(__file__).with_name("runs.txt")
+        _runs.write_text(_runs.read_text() + "x" if _runs.exists() else "x")
+        time.sleep(0.2)
+        flag = False
+        def answer():
+            return 42
+        from slowpkg.sub import VALUE
+    """))
+    (pkg / "sub.py").write_text("import slowpkg\nVALUE = 'sub'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield pkg
+    for name in [n for n in sys.modules if n == "slowpkg" or n.startswith("slowpkg.")]:
+        del sys.modules[name]
+
+
+def _runs(pkg: Path) -> int:
+    f = pkg / "runs.txt"
+    return len(f.read_text()) if f.exists() else 0
+
+
+def test_import_runs_nothing_until_an_attribute_is_read_and_preset_attributes_are_kept(pkgdir) -> None:
+    assert lazy_imports.defer("slowpkg") is True
+    import slowpkg
+
+    slowpkg.flag = True  # what Eval Protocol does to litellm on import
+    assert _runs(pkgdir) == 0 and not lazy_imports.is_loaded("slowpkg")
+    assert slowpkg.answer() == 42 and slowpkg.VALUE == "sub"
+    assert slowpkg.flag is True  # set before the load, kept after it
+    assert _runs(pkgdir) == 1 and lazy_imports.is_loaded("slowpkg") and type(slowpkg) is type(sys)
+    from slowpkg import answer  # noqa: F401
+
+    assert _runs(pkgdir) == 1
+
+
+def test_importing_a_submodule_first_loads_the_package_first(pkgdir) -> None:
+    lazy_imports.defer("slowpkg")
+    from slowpkg.sub import VALUE
+
+    assert VALUE == "sub" and lazy_imports.is_loaded("slowpkg") and _runs(pkgdir) == 1
+
+
+def test_threads_reading_at_once_load_it_once_and_all_see_it(pkgdir) -> None:
+    lazy_imports.defer("slowpkg")
+    import slowpkg
+
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.append(slowpkg.answer())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [42] * 8 and _runs(pkgdir) == 1
+
+
+def test_an_imported_or_absent_module_is_left_alone(pkgdir) -> None:
+    import slowpkg
+
+    assert lazy_imports.defer("slowpkg") is False and lazy_imports.is_loaded("slowpkg")
+    assert lazy_imports.defer("no_such_module_metis") is False and "no_such_module_metis" not in sys.modules
+
+
+SCRIPT = """
+import metis_pytest.lazy_imports as lz
+import eval_protocol.pytest, metis_pytest.ep
+from eval_protocol.models import EvaluationRow
+assert not lz.is_loaded("litellm"), "Eval Protocol's import ran LiteLLM"
+import litellm
+assert litellm.disable_add_transform_inline_image_block is True   # Eval Protocol's flag survives the load
+from litellm import get_optional_params
+assert callable(litellm.acompletion) and lz.is_loaded("litellm")
+print("ok")
+"""
+
+
+def test_eval_protocol_imports_without_running_litellm_and_litellm_works_when_used() -> None:
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120,
+                         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_as_a_pytest_plugin_it_loads_before_eval_protocols(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_trivial="""
+        from metis_pytest.lazy_imports import is_loaded
+
+        def test_nothing_ran_litellm():
+            import eval_protocol  # Eval Protocol's auto-loaded plugin imported it already
+            assert not is_loaded("litellm")
+    """)
+    result = pytester.runpytest_subprocess("-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)

@@ -6,6 +6,12 @@
     metis plot runs/             # draw runs/<benchmark>/summary.png (models x metrics, 95% CIs)
     metis data export gsm8k --format verl --out data/gsm8k --dataset train.jsonl
                                  # a benchmark's rows as verl RL parquet: DIR/{train,test}.parquet + manifest
+    metis rescore runs/ --out runs-new -- --dataset datasets/gsm8k_smoke.jsonl
+                                 # re-score a recorded run's completions (no model calls) into a new run
+    metis report runs/ [runs-pr/ ...] --out report
+                                 # report.md (benchmark x model x group, 95% CIs, n), report.json, PNGs
+    metis train grpo --bench ace --data data/ace [--detach] [--dry-run] -- trainer.total_training_steps=1
+                                 # verl's GRPO on Modal GPUs, the benchmark's scorer as the reward
 
 The weights are cached in $XDG_CACHE_HOME/metis (else ~/.cache/metis); --cache-dir DIR picks another folder.
 """
@@ -107,6 +113,54 @@ def _add_data(sub: Any) -> None:
     export.set_defaults(func=_data_export)
 
 
+def _rescore(args: argparse.Namespace) -> int:
+    from metis_pytest.rescore import run_cli
+
+    return run_cli(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from metis_pytest.report import run_cli
+
+    return run_cli(args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand that declares ``pytest_args`` takes every argument after ``--`` as pytest's, untouched
+    (argparse alone refuses ``RUN_DIR --out X -- -k foo``: it fills positionals in one go)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        if self.get_default("pytest_args") is None or "--" not in args:
+            return super().parse_known_args(args, namespace)
+        cut = args.index("--")
+        parsed, extra = super().parse_known_args(args[:cut], namespace)
+        parsed.pytest_args = args[cut + 1:]
+        return parsed, extra
+
+
+def _add_rescore_and_report(sub: Any) -> None:
+    rescore = sub.add_parser(
+        "rescore", help="re-score a recorded run with the current scorers (no model calls) into a new run folder",
+        description="Replay RUN_DIR's completions through each benchmark's evaluation (pytest --replay) and write "
+                    "a new run; RUN_DIR is only read. Decisions: metis_pytest/rescore.py.",
+        epilog="Arguments after -- go to pytest, last (so they win), e.g. -- --dataset datasets/gsm8k_smoke.jsonl -x")
+    rescore.add_argument("run_dir", metavar="RUN_DIR", help="a recorded output folder, or one <benchmark>/<model> of it")
+    rescore.add_argument("--out", type=Path, default=None, metavar="NEW_DIR",
+                         help="the new run's output folder, new or empty (default: RUN_DIR-rescored-<UTC time>)")
+    rescore.add_argument("--bench", action="append", metavar="B", help="only this benchmark (repeatable)")
+    rescore.add_argument("--model", action="append", metavar="M", help="only this model label (repeatable)")
+    rescore.set_defaults(func=_rescore, pytest_args=[])
+    report = sub.add_parser(
+        "report", help="report.md, report.json and PNGs (scores by group, run-over-run trend) from run folders",
+        description="One Markdown table (benchmark x model x run x group: mean, 95% CI, n), its JSON twin and "
+                    "PNGs from every <benchmark>/<model>/summary.json and history/ of each RUN. "
+                    "Decisions: metis_pytest/report.py.")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="an output folder (runs/); several go into one table")
+    report.add_argument("--out", default="report", metavar="DIR", help="where to write the report (default: report)")
+    report.set_defaults(func=_report)
+
+
 def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                         help="where the embedded model's weights are cached "
@@ -116,7 +170,7 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     fetch = sub.add_parser("fetch-model", help="download and verify the embedded model's GGUF")
     fetch.add_argument("--local-model", default=None, help="a GGUF path or hf:OWNER/REPO/FILE.gguf")
     _add_cache_dir(fetch)
@@ -134,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", nargs="?", default="runs")
     plot.set_defaults(func=_plot)
     _add_data(sub)
+    _add_rescore_and_report(sub)
+    from metis_pytest.train.cli import add_train
+
+    add_train(sub)
     return parser
 
 

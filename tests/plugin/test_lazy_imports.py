@@ -75,7 +75,7 @@ def test_threads_reading_at_once_load_it_once_and_all_see_it(pkgdir) -> None:
 
 
 def test_an_imported_or_absent_module_is_left_alone(pkgdir) -> None:
-    import slowpkg
+    import slowpkg  # noqa: F401  (imported for real first)
 
     assert lazy_imports.defer("slowpkg") is False and lazy_imports.is_loaded("slowpkg")
     assert lazy_imports.defer("no_such_module_metis") is False and "no_such_module_metis" not in sys.modules

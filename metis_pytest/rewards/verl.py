@@ -74,6 +74,15 @@ checked against those pages and the sources; a URL found in neither reads as a p
 page source (``metis_pytest.tools.web.JinaReaderClient()``) can be passed as the ``pages`` keyword.
 ``semantics`` (``official`` or ``metis``) is read from ``extra_info`` or the kwargs.
 
+**Multi-turn transcripts.** Under verl's tool agent loop ``solution_str`` is the whole response
+decoded: every assistant turn, its tool calls and the tool results verl appended between them. The
+pytest evaluation grades only the final assistant message, so for a benchmark that uses tools (its spec
+has a ``toolbox``) the reward grades :func:`final_turn` of it: the text after the last
+``</tool_response>`` (Hermes-style templates: Qwen, and verl's default tool parser), without the
+assistant role header the template left there once special tokens were dropped, without any
+``<tool_call>`` block a turn still made, and without leftover ``<|im_end|>``-style markers. A transcript
+with no tool result is graded whole, minus the same markers.
+
 Importing this module imports neither verl, torch nor Eval Protocol; scoring GSM8K imports none of
 them either.
 """
@@ -85,6 +94,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +105,7 @@ if TYPE_CHECKING:
     from metis_pytest.backends.base import ModelTarget
 
 __all__ = [
+    "final_turn",
     "INVALID_POLICIES",
     "JUDGE_SETTINGS",
     "InvalidScore",
@@ -243,6 +254,24 @@ def _is_judged(bench: Benchmark) -> bool:
     return inspect.iscoroutinefunction(bench.score)
 
 
+_TOOL_CALL = re.compile(r"<tool_call>.*?(</tool_call>|$)", re.S)
+_MARKER = re.compile(r"<\|(im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>")
+
+
+def final_turn(solution_str: str) -> str:
+    """The last assistant turn of a decoded multi-turn response (see "Multi-turn transcripts")."""
+    text = solution_str.rsplit("</tool_response>", 1)[-1]
+    text = _TOOL_CALL.sub("", _MARKER.sub("\n", text)).strip()
+    first, _, rest = text.partition("\n")
+    if first.strip() == "assistant":
+        text = rest.strip()
+    return text
+
+
+def _answer(bench: Benchmark, solution_str: str) -> str:
+    return final_turn(solution_str) if bench.toolbox is not None else solution_str
+
+
 def _on_invalid(kwargs: Mapping[str, Any]) -> str:
     return str(kwargs.get("on_invalid") or "zero")
 
@@ -262,7 +291,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
             return asyncio.run(compute_score_async(data_source, solution_str, ground_truth, extra_info, **kwargs))
         raise TypeError(f"benchmark {bench.name!r} is scored by a judge (a coroutine) and an event loop is "
                         "running: use compute_score_async (custom_reward_function.name=compute_score_async)")
-    result = bench.score(solution_str, ground_truth, _metadata(extra_info))
+    result = bench.score(_answer(bench, solution_str), ground_truth, _metadata(extra_info))
     return to_reward(bench, result, on_invalid=_on_invalid(kwargs), data_source=data_source)
 
 
@@ -348,7 +377,7 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
     bench = resolve_benchmark(data_source)
     info = _metadata(extra_info)
     if not _is_judged(bench):
-        result = bench.score(solution_str, ground_truth, info)
+        result = bench.score(_answer(bench, solution_str), ground_truth, info)
         return to_reward(bench, result, on_invalid=_on_invalid(kwargs), data_source=data_source)
     from metis_pytest.judge import JudgeClient
 
@@ -368,6 +397,6 @@ async def compute_score_async(data_source: str, solution_str: str, ground_truth:
             offered["semantics"] = str(semantics)
         params = inspect.signature(bench.score).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        result = await bench.score(solution_str, ground_truth, info,
+        result = await bench.score(_answer(bench, solution_str), ground_truth, info,
                                    **{k: v for k, v in offered.items() if takes_any or k in params})
     return to_reward(bench, result, on_invalid=_on_invalid(kwargs), data_source=data_source)

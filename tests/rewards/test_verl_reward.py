@@ -394,3 +394,46 @@ async def test_ace_sources_and_pages_from_extra_info_reach_the_grader(scripted_l
 
     out = await compute_score_async("ace", response, None, ace_info(task, server, sources=[recipe]), pages=Web())
     assert out["score"] == 1.0 and fetched == [shop]
+
+
+# ----------------------------------------------------------------------------- multi-turn transcripts
+
+QWEN_TRANSCRIPT = (  # what verl's tool agent loop decodes with skip_special_tokens=True (Qwen, Hermes tools)
+    'Let me search.\n<tool_call>\n{"name": "web_search", "arguments": {"query": "vegan dessert"}}\n</tool_call>\n'
+    "user\n<tool_response>\n1. Vegan brownies - https://x.example\n</tool_response>\nassistant\n" + RESPONSE)
+
+
+@pytest.mark.parametrize(("decoded", "answer"), [
+    (QWEN_TRANSCRIPT, RESPONSE),
+    # special tokens kept (skip_special_tokens=False)
+    ("<tool_call>{}</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\npage\n</tool_response><|im_end|>\n"
+     "<|im_start|>assistant\nThe answer.<|im_end|>", "The answer."),
+    # two tool rounds: only the text after the last result
+    ("<tool_response>a</tool_response>\nassistant\nfirst<tool_call>{}</tool_call>\nuser\n<tool_response>b"
+     "</tool_response>\nassistant\nsecond", "second"),
+    # out of turns: the last turn still calls a tool, so there is no answer
+    ("<tool_response>a</tool_response>\nassistant\n<tool_call>\n{\"name\": \"browse_page\"}\n</tool_call>", ""),
+    # a cut-off tool call (max response length) is dropped too
+    ("<tool_response>a</tool_response>\nassistant\nPartial answer <tool_call>{\"name\": \"web_s", "Partial answer"),
+    # no tool used: the response itself; "assistant" inside the text is kept
+    ("I am your assistant\nand this is it.", "I am your assistant\nand this is it."),
+    ("", ""),
+])
+def test_final_turn_of_a_decoded_multi_turn_response(decoded: str, answer: str) -> None:
+    assert reward.final_turn(decoded) == answer
+
+
+async def test_ace_grades_the_final_turn_of_a_verl_transcript_as_pytest_grades_the_last_message(
+        scripted_llm_factory) -> None:
+    server = scripted_llm_factory(default=STAGE1_PASS)
+    whole = await compute_score_async("ace", QWEN_TRANSCRIPT, None, ace_info(TASK, server))
+    alone = await compute_score_async("ace", RESPONSE, None, ace_info(TASK, server))
+    assert whole == alone == {"score": 1.0, "ace_score": 1.0, "hurdle_pass": 1.0, "valid": 1.0}
+    graded = [r.body["messages"][1]["content"] for r in server.requests]
+    assert all(RESPONSE in g and "<tool_response>" not in g and "web_search" not in g for g in graded)
+
+
+def test_a_benchmark_without_tools_is_graded_on_the_whole_response() -> None:
+    text = "<tool_response>x</tool_response>\nassistant\n<answer>5</answer>"
+    assert compute_score("gsm8k", text, "5")["score"] == 1.0  # GSM8K reads its tag wherever it is
+    assert get_benchmark("gsm8k").toolbox is None

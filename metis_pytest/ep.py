@@ -46,7 +46,7 @@ from metis_pytest.rollout.base import StoredCompletion, processor_factory, run_i
 from metis_pytest.store.runs import RowRecord, RunConditions
 
 __all__ = ["Benchmark", "evaluation_test", "last_assistant_text", "score_row", "flush_ep_logs",
-           "CoalescingLogger", "judge_target"]
+           "CoalescingLogger", "judge_target", "item_shard"]
 
 RowFunction = Callable[[EvaluationRow], Any]
 # What a processor leaves in ``execution_metadata.extra`` that the record keeps (and restores on resume).
@@ -307,11 +307,23 @@ def evaluation_test(bench: Benchmark, *, processor: str | None = None, **ep_kwar
         options.update(ep_kwargs)
         wrapped = _ep_evaluation_test(**options)(row_function)
         # Eval Protocol's combinations: completion params outer, data loaders inner.
-        _set_item_ids(wrapped, [f"{label}-{sid}" if sid else label for label in cfg.models for sid, _ in shards])
+        ids = [f"{label}-{sid}" if sid else label for label in cfg.models for sid, _ in shards]
+        _set_item_ids(wrapped, ids)
         wrapped.__metis_benchmark__ = bench
+        # Eval Protocol locates an evaluation by its ``_origin_func``'s file (``upload``, ``create rft``:
+        # the entry point and the dataset builder): the benchmark's test file, not this module.
+        wrapped._origin_func = fn
+        wrapped.__metis_shards__ = dict(zip(ids, [shard for _ in cfg.models for _, shard in shards]))
         return wrapped
 
     return decorate
+
+
+def item_shard(item: pytest.Item) -> dict[str, Any]:
+    """The item axes' values of an evaluation item (``{}`` for a benchmark without axes)."""
+    callspec = getattr(item, "callspec", None)
+    shards = getattr(getattr(item, "obj", None), "__metis_shards__", {})
+    return dict(shards.get(callspec.id, {})) if callspec is not None else {}
 
 
 def conditions_for(bench: Benchmark, session: metis_session.MetisSession, params: dict[str, Any],

@@ -91,6 +91,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ep-upload", "metis_ep_upload",
            "Let Eval Protocol save and upload experiment files to Fireworks (off by default).",
            default=False, kind="bool"),
+    Option("--metis-save-baseline", "metis_save_baseline",
+           "At session end, write each (benchmark, model) summary and per-row scores of this run to "
+           "<baseline dir>/<benchmark>/<model>.json (after any comparison with the old one).",
+           default=False, kind="bool"),
+    Option("--metis-baseline-dir", "metis_baseline_dir",
+           "Where baselines are saved and, by default, compared with (relative to the rootdir).",
+           default="baselines"),
+    Option("--metis-compare", "metis_compare",
+           "Compare every evaluation item with its baseline: with no PATH <baseline dir>/<benchmark>/<model>.json; "
+           "PATH a folder laid out the same way, or one baseline file (for its benchmark's items). Write "
+           "--metis-compare=PATH, or put test paths first: a bare path after it is read as PATH.",
+           kind="optional"),
+    Option("--metis-compare-fail", "metis_compare_fail",
+           "[BENCH/]METRIC:RULE, repeatable: fail an item whose paired comparison with the baseline breaks the "
+           "rule: -2pp (delta below -2 percentage points) or p<0.05 (significant and negative). Implies "
+           "--metis-compare.",
+           default=(), kind="list"),
+    Option("--metis-compare-force", "metis_compare_force",
+           "Compare even when the baseline's benchmark version, dataset or prompt hash differ (they are shown).",
+           default=False, kind="bool"),
 )
 
 
@@ -115,6 +135,11 @@ def _add(group: Any, parser: pytest.Parser, options: tuple[Option, ...]) -> None
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
             parser.addini(opt.ini, f"ini twin of {opt.flag}", type="bool", default=opt.default)
             continue
+        if opt.kind == "optional":  # a flag with an optional value: given alone, its value is ""
+            group.addoption(opt.flag, action="store", nargs="?", const="", default=None, dest=opt.ini,
+                            help=f"{opt.help} [ini: {opt.ini}]")
+            parser.addini(opt.ini, f"ini twin of {opt.flag}", type="string", default=None)
+            continue
         action = "append" if opt.kind == "list" else "store"
         group.addoption(opt.flag, action=action, default=None, dest=opt.ini, choices=opt.choices,
                         help=f"{opt.help} [ini: {opt.ini}]")
@@ -125,6 +150,8 @@ def _add(group: Any, parser: pytest.Parser, options: tuple[Option, ...]) -> None
 
 
 def _parse(opt: Option, raw: Any) -> Any:
+    if opt.kind == "optional":
+        return raw  # None: not given; "": given without a value
     if raw is None or raw == "" or raw == []:
         return opt.default
     if opt.kind == "list":
@@ -179,6 +206,12 @@ class MetisConfig:
     allow_network: bool = False
     gpu: bool = False
     ep_upload: bool = False
+    save_baseline: bool = False
+    baseline_dir: Path = Path("baselines")
+    compare: bool = False  # --metis-compare (with or without PATH) or any --metis-compare-fail
+    compare_path: Path | None = None
+    compare_fail: tuple[str, ...] = ()
+    compare_force: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -202,6 +235,16 @@ class MetisConfig:
             raise pytest.UsageError("--resume and --replay exclude each other: --replay sends nothing to resume")
         if self.replay is not None and not self.replay.is_dir():
             raise pytest.UsageError(f"--replay {self.replay}: not a folder of recorded runs")
+        from metis_pytest.gates.rules import parse_rule
+
+        for text in self.compare_fail:
+            try:
+                parse_rule(text)
+            except ValueError as exc:
+                raise pytest.UsageError(f"--metis-compare-fail {exc}") from None
+        if self.compare_path is not None and not (self.compare_path.is_dir() or self.compare_path.is_file()):
+            raise pytest.UsageError(f"--metis-compare {self.compare_path}: no such baseline file or folder (to "
+                                    "compare with the default baselines, write --metis-compare after the test paths)")
         from metis_pytest.backends import backend_names
 
         for flag, chosen in (("--backend", self.backend), ("--judge-backend", self.judge_backend)):
@@ -242,6 +285,12 @@ def read_config(config: pytest.Config) -> MetisConfig:
     values["extra"] = extra
     models = values.pop("model") or (LOCAL_MODEL,)
     here = Path(config.invocation_params.dir)
+    compare = values.pop("compare")  # "" for --metis-compare alone; from the ini, "" means unset
+    if config.getoption("metis_compare") is None:
+        compare = compare or None
+    values["compare"] = compare is not None or bool(values["compare_fail"])
+    values["compare_path"] = here / Path(compare).expanduser() if compare else None
+    values["baseline_dir"] = config.rootpath / Path(values["baseline_dir"]).expanduser()
     paths = {}
     for name in ("output_dir", "cache_dir", "replay"):
         raw = values.pop(name)

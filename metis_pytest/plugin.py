@@ -93,6 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.import_plugin("metis_pytest.fixtures")
     config.pluginmanager.import_plugin("metis_pytest.testing.fixtures")
     config.pluginmanager.import_plugin("metis_pytest.testing.fake_web")
+    config.pluginmanager.import_plugin("metis_pytest.gates.hooks")  # baselines, gates, JUnit properties
     if workerinput and workerinput.get("metis_controller_pid"):
         _watch_controller(int(workerinput["metis_controller_pid"]), session)
 

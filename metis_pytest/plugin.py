@@ -198,6 +198,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         bench = item_benchmark(item)
         if bench is not None and not item.get_closest_marker("skip"):
             benches[bench.name] = bench
+    if benches and not session.config.option.collectonly:
+        from metis_pytest import lazy_imports
+
+        for name in lazy_imports.DEFERRED:  # Eval Protocol's wrapper would import it in the first item
+            lazy_imports.load_now(name)
     for bench in benches.values():
         try:
             metis.rows(bench)

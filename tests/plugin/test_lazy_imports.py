@@ -110,3 +110,41 @@ def test_as_a_pytest_plugin_it_loads_before_eval_protocols(pytester: pytest.Pyte
     """)
     result = pytester.runpytest_subprocess("-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)
+
+
+def test_loading_now_runs_it_once(pkgdir) -> None:
+    lazy_imports.defer("slowpkg")
+    assert lazy_imports.load_now("slowpkg") is True
+    assert _runs(pkgdir) == 1 and lazy_imports.is_loaded("slowpkg")
+    assert lazy_imports.load_now("slowpkg") is False
+
+
+def test_a_process_without_evaluations_never_loads_litellm(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_trivial="""
+        import time
+        from metis_pytest.lazy_imports import is_loaded
+
+        def test_nothing_loaded():
+            time.sleep(0.5)
+            assert not is_loaded("litellm")
+    """)
+    result = pytester.runpytest_subprocess("-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", timeout=120)
+    result.assert_outcomes(passed=1)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_process_with_evaluation_items_loads_litellm_before_its_first_item(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+        from metis_pytest.lazy_imports import is_loaded
+
+        def pytest_runtest_setup(item):
+            assert is_loaded("litellm")
+    """)
+    pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n")
+    recorded = REPO / "baselines" / "gsm8k" / "recorded" / "scripted-mix"
+    result = pytester.runpytest_subprocess(
+        "-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", "--replay", str(recorded), "--model", "scripted-mix",
+        "--dataset", str(REPO / "datasets" / "gsm8k_smoke.jsonl"), "--output-dir", "out", timeout=180)
+    result.assert_outcomes(passed=1)

@@ -111,6 +111,27 @@ OPTIONS: tuple[Option, ...] = (
     Option("--metis-compare-force", "metis_compare_force",
            "Compare even when the baseline's benchmark version, dataset or prompt hash differ (they are shown).",
            default=False, kind="bool"),
+    Option("--shards", "metis_shards",
+           "Replicas of each model's server, rows spread round-robin across them (--backend modal: N "
+           "containers per --model).", default=1, kind="int"),
+    Option("--modal-gpu", "metis_modal_gpu",
+           "GPUs of one vLLM replica on Modal, in Modal's syntax (H100, H100:2, A100-80GB:4); tensor "
+           "parallel over all of them. Default: by parameter count, 1 x H100 up to 16B, 2 x H100 above."),
+    Option("--modal-max-model-len", "metis_modal_max_model_len",
+           "vLLM's --max-model-len on Modal (prompt plus completion tokens).", default=8192, kind="int"),
+    Option("--modal-tool-parser", "metis_modal_tool_parser",
+           "vLLM's --tool-call-parser on Modal, or 'none' for no tool calling. Default: by model family "
+           "(hermes for Qwen, llama3_json for Llama, mistral for Mistral)."),
+    Option("--modal-hf-secret", "metis_modal_hf_secret",
+           "Modal secret that holds HF_TOKEN for the vLLM container, or 'none' (public models only).",
+           default="huggingface-secret"),
+    Option("--modal-startup-timeout", "metis_modal_startup_timeout",
+           "Seconds to wait for a vLLM server on Modal to answer /health (weights download included).",
+           default=1200.0, kind="float"),
+    Option("--modal-public", "metis_modal_public",
+           "Serve ephemeral vLLM endpoints on Modal without proxy auth (by default requests must carry "
+           "MODAL_PROXY_TOKEN_ID / MODAL_PROXY_TOKEN_SECRET as Modal-Key / Modal-Secret).",
+           default=False, kind="bool"),
 )
 
 
@@ -212,6 +233,13 @@ class MetisConfig:
     compare_path: Path | None = None
     compare_fail: tuple[str, ...] = ()
     compare_force: bool = False
+    shards: int = 1
+    modal_gpu: str | None = None
+    modal_max_model_len: int = 8192
+    modal_tool_parser: str | None = None
+    modal_hf_secret: str = "huggingface-secret"
+    modal_startup_timeout: float = 1200.0
+    modal_public: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -224,6 +252,9 @@ class MetisConfig:
             raise pytest.UsageError("--max-error-rate must be between 0 and 1")
         if self.max_retries < 0:
             raise pytest.UsageError("--max-retries must be 0 or more")
+        if self.shards < 1 or self.modal_max_model_len < 1 or not self.modal_startup_timeout > 0:
+            raise pytest.UsageError("--shards and --modal-max-model-len must be at least 1, "
+                                    "--modal-startup-timeout more than 0")
         if not self.request_timeout > 0:
             raise pytest.UsageError(f"--request-timeout must be more than 0 seconds, got {self.request_timeout:g}")
         if self.temperature < 0:

@@ -161,7 +161,8 @@ class MetisSession:
         if entry is None:
             raise RuntimeError(f"{key}: the pytest-xdist controller did not start this model's server "
                                f"(no entry in {path})")
-        return Runtime(api_base=entry["api_base"], slot_lock=entry.get("slot_lock"))
+        return Runtime(api_base=entry["api_base"], slot_lock=entry.get("slot_lock"),
+                       api_bases=tuple(entry.get("api_bases") or ()))
 
     def runtime_target_for(self, label: str) -> ModelTarget:
         target = self.target(label)

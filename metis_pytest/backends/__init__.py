@@ -1,5 +1,5 @@
 """Backends by name: ``api`` (LiteLLM providers), ``openai`` (any OpenAI-compatible URL), ``local``
-(the embedded llama.cpp server). Register another with :func:`register_backend` in a module that is
+(the embedded llama.cpp server), ``modal`` (vLLM on Modal GPUs). Register another with :func:`register_backend` in a module that is
 imported, or list it under the ``metis.backends`` entry-point group of its distribution; either way
 it becomes selectable as ``--backend NAME``."""
 
@@ -64,7 +64,7 @@ _entry_points_loaded = False
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_backend decorators.
-    from metis_pytest.backends import api, local, openai_compat  # noqa: F401
+    from metis_pytest.backends import api, local, modal_vllm, openai_compat  # noqa: F401
 
     global _entry_points_loaded
     if not _entry_points_loaded:

@@ -83,6 +83,11 @@ class ModelTarget:
     # How the server takes a JSON schema for structured output: OpenAI's ``json_schema`` (OpenAI, vLLM),
     # or ``json_object`` with a ``schema`` (llama-cpp-python's server, which refuses ``json_schema``).
     json_format: str = "json_schema"
+    # Request headers read from the environment when a request is made: (header, variable) pairs, such
+    # as Modal's proxy auth ("Modal-Key", "MODAL_PROXY_TOKEN_ID"). Their values go into no record.
+    header_env: tuple[tuple[str, str], ...] = ()
+    # Every replica's base URL when the runtime runs several (``--shards``); ``api_base`` is the first.
+    api_bases: tuple[str, ...] = ()
 
     @property
     def runtime_key(self) -> str:
@@ -98,9 +103,19 @@ class ModelTarget:
 
     def missing_env(self) -> list[str]:
         """Environment variables this target needs that are not set."""
-        if self.api_key_env and not os.environ.get(self.api_key_env):
-            return [self.api_key_env]
-        return []
+        needed = [self.api_key_env] if self.api_key_env else []
+        needed += [env for _, env in self.header_env]
+        return [env for env in needed if not os.environ.get(env)]
+
+    def auth_headers(self) -> dict[str, str]:
+        """The ``header_env`` headers, read from the environment at the moment a request is made."""
+        return {header: os.environ[env] for header, env in self.header_env if os.environ.get(env)}
+
+    def replica(self, index: int) -> ModelTarget:
+        """This target sent to replica ``index`` (modulo their number) of a runtime with several."""
+        if len(self.api_bases) < 2:
+            return self
+        return replace(self, api_base=self.api_bases[index % len(self.api_bases)])
 
     def api_key(self) -> str | None:
         """The key, read from the environment at the moment a request is made."""
@@ -125,7 +140,7 @@ class ModelTarget:
         return params
 
     def with_runtime(self, runtime: Runtime) -> ModelTarget:
-        return replace(self, api_base=runtime.api_base, slot_lock=runtime.slot_lock)
+        return replace(self, api_base=runtime.api_base, api_bases=runtime.api_bases, slot_lock=runtime.slot_lock)
 
 
 @dataclass(frozen=True)
@@ -136,9 +151,10 @@ class Runtime:
     api_base: str
     slot_lock: str | None = None
     handle: Any = field(default=None, compare=False)
+    api_bases: tuple[str, ...] = ()  # every replica's base URL, when there are several (api_base first)
 
     def public(self) -> dict[str, Any]:
-        return {"api_base": self.api_base, "slot_lock": self.slot_lock}
+        return {"api_base": self.api_base, "slot_lock": self.slot_lock, "api_bases": list(self.api_bases)}
 
 
 @dataclass(frozen=True)

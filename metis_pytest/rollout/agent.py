@@ -114,11 +114,11 @@ class AgentProcessor(SingleTurnProcessor):
         target = self.resolver(public)
         http = self._http() if target.openai_wire else None
 
-        async def one(row: EvaluationRow) -> EvaluationRow:
-            async with config.semaphore:  # the whole conversation, tools included
-                return await self.rollout(row, target, public, http)
+        async def one(row: EvaluationRow, replica: ModelTarget) -> EvaluationRow:
+            async with config.semaphore:  # the whole conversation, tools included, on one replica
+                return await self.rollout(row, replica, public, http)
 
-        return [asyncio.create_task(one(row)) for row in rows]
+        return [asyncio.create_task(one(row, target.replica(next(self._replicas)))) for row in rows]
 
     async def rollout(self, row: EvaluationRow, target: ModelTarget, public: dict[str, Any],
                       http: aiohttp.ClientSession | None) -> EvaluationRow:

@@ -128,7 +128,7 @@ def parse_completion(body: Any) -> Completion:
 async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload: dict[str, Any],
                     timeout: float) -> Completion:
     """One POST to ``{api_base}/chat/completions``; raises :class:`RequestFailed` on any failure."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **target.auth_headers()}
     url = URL(f"{(target.api_base or '').rstrip('/')}/chat/completions")
     key = target.api_key()
     if key:

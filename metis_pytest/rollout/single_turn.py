@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -74,6 +75,8 @@ class SingleTurnProcessor(RolloutProcessor):
         # Servers that refused every attempt of some row: later rows fail at once instead of each
         # spending its full retry budget on a server that is not there.
         self._unreachable: dict[str, str] = {}
+        # Rows go round-robin to the replicas of a runtime that runs several (``--shards``).
+        self._replicas = itertools.count()
 
     def _http(self) -> aiohttp.ClientSession:
         """One connection pool per event loop (pytest-asyncio may give each item its own loop)."""
@@ -101,14 +104,14 @@ class SingleTurnProcessor(RolloutProcessor):
         http = self._http() if target.openai_wire else None
         server_slots = self._server_slots(target)
 
-        async def one(row: EvaluationRow) -> EvaluationRow:
+        async def one(row: EvaluationRow, replica: ModelTarget) -> EvaluationRow:
             async with config.semaphore:
                 if server_slots is None:
-                    return await self.rollout(row, target, public, http)
+                    return await self.rollout(row, replica, public, http)
                 async with server_slots, process_slot(target.slot_lock):
-                    return await self.rollout(row, target, public, http)
+                    return await self.rollout(row, replica, public, http)
 
-        return [asyncio.create_task(one(row)) for row in rows]
+        return [asyncio.create_task(one(row, target.replica(next(self._replicas)))) for row in rows]
 
     async def rollout(self, row: EvaluationRow, target: ModelTarget, public: dict[str, Any],
                       http: aiohttp.ClientSession | None) -> EvaluationRow:

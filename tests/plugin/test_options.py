@@ -76,7 +76,7 @@ def test_ini_twins_and_command_line_wins(pytester: pytest.Pytester) -> None:
     (["--temperature", "nan"], "--temperature / metis_temperature: expected a finite number, got 'nan'"),
     (["--temperature", "inf"], "expected a finite number, got 'inf'"),
     (["--temperature", "-1"], "--temperature must be 0 or more"),
-    (["--backend", "nosuch"], "--backend 'nosuch': not a registered backend; known: api, local, openai"),
+    (["--backend", "nosuch"], "--backend 'nosuch': not a registered backend; known: api, local, modal, openai"),
     (["--ep-num-runs", "3"], "--ep-num-runs is Eval Protocol's and would override Metis silently; use --runs"),
     (["--ep-max-rows", "2"], "--ep-max-rows is Eval Protocol's * use --max-rows"),
     (["--ep-max-concurrent-rollouts", "4"], "* use --concurrency"),

@@ -12,6 +12,10 @@
                                  # report.md (benchmark x model x group, 95% CIs, n), report.json, PNGs
     metis train grpo --bench ace --data data/ace [--detach] [--dry-run] -- trainer.total_training_steps=1
                                  # verl's GRPO on Modal GPUs, the benchmark's scorer as the reward
+    metis train modpo --base MODEL --margin-attribute verbosity --preference-attribute helpfulness --out DIR
+                                 # SFT -> DPO margin adapter -> check -> MODPO per w -> generate -> score
+    metis serve modal Qwen/Qwen3-8B
+                                 # deploy vLLM on Modal for --backend modal (or a checkpoint: volume:VOL/PATH)
 
 The weights are cached in $XDG_CACHE_HOME/metis (else ~/.cache/metis); --cache-dir DIR picks another folder.
 """
@@ -189,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
     _add_data(sub)
     _add_rescore_and_report(sub)
+    from metis_pytest.backends.modal_cli import add_serve
     from metis_pytest.train.cli import add_train
 
     add_train(sub)
+    add_serve(sub)
     return parser
 
 

@@ -160,3 +160,7 @@ def add_train(sub: Any) -> None:
     grpo.add_argument("overrides", nargs="*", metavar="-- KEY=VALUE",
                       help="verl (Hydra) overrides, after --; each replaces the setting of its key")
     grpo.set_defaults(func=run_grpo)
+
+    from metis_pytest.train.modpo.cli import add_modpo
+
+    add_modpo(train_sub)  # metis train modpo (metis_pytest/train/modpo/)

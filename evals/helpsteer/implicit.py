@@ -30,8 +30,12 @@ the start of the response counts as response. The adapter and the base must spli
 same number of tokens, or :class:`ImplicitRewardError` is raised (two tokenizers: ``r`` means nothing).
 
 **MARGIN_BETA's sign** (MODPO's margin wrapper returns ``r`` with ``beta = MARGIN_BETA`` and MODPO
-*subtracts* the margin term): ``MARGIN_BETA > 0`` makes the adapter's preference a **cost** (the policy is
-pushed away from what the adapter prefers), ``MARGIN_BETA < 0`` a **reward**; see :func:`margin_role`.
+*subtracts* the margin term inside its ``R``): ``MARGIN_BETA > 0`` enters ``R`` as a **cost**,
+``MARGIN_BETA < 0`` as a **reward**; see :func:`margin_role`. What that does to the trained policy is the
+opposite of what the word suggests: MODPO's loss is minimised where ``beta * log(pi / pi_sft) =
+w0 * r_preference + w1 * r_margin`` (the paper's Eq. 7), so with ``MARGIN_BETA > 0`` the policy is pulled
+*toward* what the adapter prefers (weight ``1 - w``), and a negative one pushes it away
+(``metis_pytest/train/modpo/loss.py`` derives it and its tests show it).
 The margin sanity check measures the adapter's own preference and therefore takes ``beta > 0``.
 """
 
@@ -64,7 +68,7 @@ __all__ = [
 
 # The Human/Assistant template of MODPO's recipes (Anthropic HH style); it must be what the adapter was
 # trained on, so it is an option (--helpsteer-prompt-template).
-MODPO_PROMPT_TEMPLATE = "\n\nHuman: {raw_prompt}\n\nAssistant:"
+MODPO_PROMPT_TEMPLATE = "\n\nHuman:\n{raw_prompt}\n\nAssistant:\n"  # the reference code's (ZHZisZZ/modpo)
 
 
 class ImplicitRewardError(ValueError):
@@ -84,8 +88,9 @@ def implicit_reward(logp_adapter: float, logp_base: float, beta: float) -> float
 
 
 def margin_role(margin_beta: float) -> str:
-    """What MODPO does with the adapter's preference for this MARGIN_BETA: ``"cost"`` (> 0), ``"reward"``
-    (< 0); ``0`` is refused (no margin at all)."""
+    """How this MARGIN_BETA's margin term enters MODPO's ``R``: ``"cost"`` (> 0: subtracted, which pulls
+    the policy toward the adapter's preference, see the module docstring), ``"reward"`` (< 0); ``0`` is
+    refused (no margin at all)."""
     if margin_beta > 0:
         return "cost"
     if margin_beta < 0:

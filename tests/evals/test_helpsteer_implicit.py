@@ -77,7 +77,7 @@ class LogprobServer:
         asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/v1/completions", self._handle)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         self._ready.set()
@@ -155,7 +155,8 @@ def test_no_response_token_is_an_error() -> None:
 
 
 def test_margin_beta_sign_convention() -> None:
-    # MODPO subtracts the margin: MARGIN_BETA > 0 makes what the adapter prefers a cost.
+    # MODPO subtracts the margin inside R: MARGIN_BETA > 0 enters R as a cost (its effect on the policy:
+    # tests/train/test_modpo_loss.py).
     assert margin_role(0.1) == "cost" and margin_role(-0.1) == "reward"
     with pytest.raises(ValueError):
         margin_role(0.0)

@@ -57,3 +57,38 @@ def test_bench_plugin_load_structure(tmp_path: Path) -> None:
     imports = report["plugin_imports"]
     assert isinstance(imports["heavy_modules_loaded"], list)
     assert imports["importtime"]["top_cumulative"]
+
+
+def test_bench_item_structure(tmp_path: Path) -> None:
+    rows = 12
+    proc = run_script("bench_item.py", "--rows", str(rows), "--latency", "0.01", "--concurrency", "4",
+                      "--repeats", "1", "--warmup", "0", "--out", str(tmp_path), timeout=600)
+    for target in ("item / bare", "replay rows/s", "trivial default - bare", "trivial lazy - bare"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(target))
+        assert ": met)" in line or ": NOT met)" in line, line
+    report = json.loads((tmp_path / "item.json").read_text())
+    assert (tmp_path / "item.png").stat().st_size > 0
+    assert report["parameters"]["rows"] == rows
+    assert {"cpu_count", "python", "packages"} <= report["machine"].keys()
+    variants = report["summary"]["variants"]
+    assert list(variants) == ["bare", "item", "replay", "ep-stock", "trivial-bare", "trivial-default", "trivial-lazy"]
+    for name, summary in variants.items():
+        assert not summary["failed"], (name, summary["problems"])
+        assert summary["median_s"] > 0 and summary["process_median_s"] > 0
+    assert {run["variant"] for run in report["runs"]} == set(variants) and len(report["runs"]) == len(variants)
+    by_variant = {run["variant"]: run for run in report["runs"]}
+    for name in ("item", "replay"):
+        run = by_variant[name]
+        assert run["junit"]["name"] == "test_gsm8k[scripted]" and run["durations"]["call"] >= 0, run
+        assert run["store"]["n"] == rows and run["store"]["rows_expected_answer"] == rows and run["ep_store_written"]
+    assert "--replay" in by_variant["replay"]["command"] and "--api-base" not in by_variant["replay"]["command"]
+    assert by_variant["replay"]["store"]["replay"] == by_variant["item"]["out_dir"]
+    assert "-p" in by_variant["ep-stock"]["command"] and "no:metis" in by_variant["ep-stock"]["command"]
+    assert by_variant["ep-stock"]["counts"] == {"rows_scored": rows, "rows_errored": 0, "rows_expected_answer": rows}
+    ratios = report["summary"]["ratios"]
+    for key in ("item_over_bare", "item_over_ideal", "ep_stock_item_over_metis_item", "replay_rows_per_s",
+                "trivial_default_minus_bare_s", "trivial_lazy_minus_bare_s"):
+        assert isinstance(ratios[key], float), key
+    for key in ("item_over_bare_met", "replay_rows_per_s_met", "trivial_default_minus_bare_met",
+                "trivial_lazy_minus_bare_met"):
+        assert isinstance(ratios[key], bool), key

@@ -46,12 +46,13 @@ def _serve_local(args: argparse.Namespace) -> int:
 
     gguf = resolve_gguf(args.local_model, cache_dir=args.cache_dir)
     server = LocalServer(gguf, log_path=Path(args.log), alias=alias_for(args.local_model), port=args.port)
-    server.start()
-    print(f"serving {alias_for(args.local_model)} at {server.base_url} (log: {args.log}); Ctrl-C stops it",
-          flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    server.start()
     try:
+        # Printed once the handlers are in place: a signal right after the line is a clean stop.
+        print(f"serving {alias_for(args.local_model)} at {server.base_url} (log: {args.log}); Ctrl-C stops it",
+              flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -76,10 +76,35 @@ def _notes(cfg: Any) -> list[str]:
     return [DEMO_NOTE] if is_demo(cfg) else []
 
 
+def replay_root(cfg: Any) -> Path | None:
+    """The run folder behind ``--replay DIR`` (DIR is a run folder or its ``ace/<model>`` folder)."""
+    if cfg.replay is None:
+        return None
+    path = Path(cfg.replay)
+    return path.parent.parent if path.parent.name == "ace" else path
+
+
+def replayed_snapshot(cfg: Any) -> Path | None:
+    """Under ``--replay``, the web the recorded run saw (its ``ace/snapshot.json``), if it kept one."""
+    root = replay_root(cfg)
+    path = root / "ace" / "snapshot.json" if root is not None else None
+    return path if path is not None and path.exists() else None
+
+
+def judge_cache_dirs(cfg: Any) -> tuple[Path, tuple[Path, ...]]:
+    """Where verdicts are cached (this run's folder) and, under ``--replay``, the recorded run's cache,
+    read first, so a replay asks the judge only what the recording never asked."""
+    root = replay_root(cfg)
+    recorded = (root / "ace" / ".judge-cache",) if root is not None else ()
+    return cfg.output_dir / "ace" / ".judge-cache", recorded
+
+
 def _requires_env(cfg: Any) -> tuple[str, ...]:
-    """A live run searches: SearchAPI.io's key. A replayed snapshot and the demo need none."""
+    """A live run searches: SearchAPI.io's key. A replayed snapshot (``--ace-snapshot`` of an existing
+    file, or under ``--replay`` the recorded run's) and the demo need none."""
     chosen = cfg.extra.get("ace_snapshot")
-    return () if is_demo(cfg) or (chosen and Path(chosen).exists()) else ("SEARCHAPI_IO_KEY",)
+    replayed = (chosen and Path(chosen).exists()) or (not chosen and replayed_snapshot(cfg) is not None)
+    return () if is_demo(cfg) or replayed else ("SEARCHAPI_IO_KEY",)
 
 
 def _load(spec: DataSpec) -> list[Any]:
@@ -138,8 +163,9 @@ def web(session: Any) -> Any:
 
     cfg = session.cfg
     chosen = cfg.extra.get("ace_snapshot")
-    path = Path(chosen) if chosen else (DEMO_SNAPSHOT if is_demo(cfg) else cfg.output_dir / "ace" / "snapshot.json")
-    if path.exists() and (chosen or is_demo(cfg)):
+    recorded = None if chosen else replayed_snapshot(cfg)
+    path = Path(chosen) if chosen else recorded or (DEMO_SNAPSHOT if is_demo(cfg) else cfg.output_dir / "ace" / "snapshot.json")
+    if path.exists() and (chosen or recorded or is_demo(cfg)):
         replayed = Snapshot(path, mode="replay").web()
         made: Any = ClosestQuery(replayed) if is_demo(cfg) and not chosen else replayed
     else:

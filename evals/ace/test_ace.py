@@ -31,7 +31,8 @@ async def test_ace(row: EvaluationRow) -> EvaluationRow:
     agent = (row.execution_metadata.extra or {}).get("agent") or {}
     sources = benchmark.sources_of(agent)
     semantics = session.cfg.extra.get("ace_semantics", "official")
-    async with JudgeClient(judge_target(BENCHMARK), cache_dir=session.cfg.output_dir / "ace" / ".judge-cache") as judge:
+    cache_dir, recorded = benchmark.judge_cache_dirs(session.cfg)
+    async with JudgeClient(judge_target(BENCHMARK), cache_dir=cache_dir, cache_fallbacks=recorded) as judge:
         result = await score_task(task, response, sources, judge, benchmark.web(session), semantics)
     score = result.to_score_result()
     row.evaluation_result = score.to_evaluate_result()

@@ -43,6 +43,16 @@ def cache_key(*, judge_model: str, prompt_name: str, prompt_version: str, messag
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()
 
 
+def _read(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key or entry.get("format") != CACHE_FORMAT:
+        return None
+    return entry
+
+
 class JudgeCache:
     """Valid verdicts under ``directory``, one ``<key>.json`` file each.
 
@@ -52,8 +62,11 @@ class JudgeCache:
     readers never see half a file.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], fallbacks: tuple[str | os.PathLike[str], ...] = ()) -> None:
         self.directory = Path(directory)
+        # Read-only caches looked up after this one (a recorded run's, under --replay); a hit there is
+        # copied here, so this folder holds every verdict its run used.
+        self.fallbacks = tuple(Path(f) for f in fallbacks)
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
@@ -61,14 +74,17 @@ class JudgeCache:
         return self.directory / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored entry for ``key``, or ``None``."""
-        try:
-            entry = json.loads(self.path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(entry, dict) or entry.get("key") != key or entry.get("format") != CACHE_FORMAT:
-            return None
-        return entry
+        """The stored entry for ``key`` (here, else in a fallback, then copied here), or ``None``."""
+        entry = _read(self.path(key), key)
+        if entry is not None:
+            return entry
+        for folder in self.fallbacks:
+            entry = _read(folder / self.path(key).name, key)
+            if entry is not None:
+                with contextlib.suppress(OSError):
+                    self.put(key, {k: v for k, v in entry.items() if k not in ("key", "format")})
+                return entry
+        return None
 
     def put(self, key: str, entry: dict[str, Any]) -> Path:
         """Store ``entry`` (JSON-serialisable) for ``key``, atomically; returns the file's path."""

@@ -184,6 +184,8 @@ class JudgeClient:
         concurrency: Requests in flight at once, per event loop (also capped by
             ``target.max_concurrency``).
         cache_dir: Where valid verdicts are cached; ``None`` disables the cache.
+        cache_fallbacks: Read-only caches looked up after ``cache_dir`` (a recorded run's, under
+            ``--replay``); a verdict found there is copied into ``cache_dir``.
         params: Public sampling params, over the defaults ``temperature=0``, ``max_tokens=1024``.
             ``model``/``api_base`` are ignored (they come from the target); ``api_key`` is refused.
         supports_response_format: Send ``response_format`` (a JSON schema) with each request. When
@@ -195,7 +197,8 @@ class JudgeClient:
     """
 
     def __init__(self, target: ModelTarget, *, policy: RetryPolicy | None = None, concurrency: int = 4,
-                 cache_dir: Path | None = None, params: dict[str, Any] | None = None,
+                 cache_dir: Path | None = None, cache_fallbacks: tuple[Path, ...] = (),
+                 params: dict[str, Any] | None = None,
                  supports_response_format: bool = True, max_invalid_retries: int = 2) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -207,7 +210,7 @@ class JudgeClient:
         self.target = target
         self.policy = policy or RetryPolicy()
         self.concurrency = min(concurrency, target.max_concurrency or concurrency)
-        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+        self.cache = JudgeCache(cache_dir, cache_fallbacks) if cache_dir is not None else None
         self.params: dict[str, Any] = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items()
                                                              if k not in _ENDPOINT_KEYS}}
         self.supports_response_format = supports_response_format

@@ -200,3 +200,32 @@ def test_ep_logs_shows_each_task_with_its_criteria(ace, run_eval, tmp_path) -> N
                [(c["id"], c["description"]) for c in expected], row_id
         assert all({"route", "hurdle", "reasoning", "score"} <= set(c) for c in graded)
         assert all(c["score"] == 1 for c in graded) and row["evaluation_result"]["score"] == 1.0
+
+
+def test_replaying_a_live_run_reuses_its_web_and_its_judges_verdicts(ace, fake_searchapi, fake_jina, tmp_path,
+                                                                     monkeypatch) -> None:
+    """--replay of a recorded live run: no agent, no search, no page fetch and no judge call; the same scores."""
+    for _, url, _ in ANSWERS.values():
+        path = url.split("/", 3)[3]
+        fake_jina.script({f"{PUBLIC}/{path}": {"title": path, "content": f"Everything the task asks for. {path}"}})
+    fake_searchapi.script({query: [{"title": "hit", "link": f"{PUBLIC}/{url.split('/', 3)[3]}", "snippet": "s"}]
+                           for query, url, _ in ANSWERS.values()})
+    live_answers = {k: (q, f"{PUBLIC}/{u.split('/', 3)[3]}", a.replace(u, f"{PUBLIC}/{u.split('/', 3)[3]}"))
+                    for k, (q, u, a) in ANSWERS.items()}
+    ace.policy.script(default=lambda body: agent(body, live_answers))
+    endpoints = ("--searchapi-url", fake_searchapi.base_url, "--jina-url", fake_jina.base_url)
+    ace("--ace-snapshot", "", *endpoints).assert_outcomes(passed=3)  # the default: <out>/ace/snapshot.json
+    recorded = tmp_path / "recorded"
+    ace.out.rename(recorded)
+    first = json.loads((recorded / "ace" / "agent" / "summary.json").read_text())
+    assert (recorded / "ace" / "snapshot.json").exists() and any((recorded / "ace" / ".judge-cache").iterdir())
+    asked = (len(ace.policy.requests), len(ace.grader.requests), len(fake_searchapi.requests), len(fake_jina.requests))
+    fake_searchapi.stop()
+    fake_jina.stop()
+    monkeypatch.delenv("SEARCHAPI_IO_KEY", raising=False)  # a replay searches nothing: no key needed
+    ace("--ace-snapshot", "", "--replay", str(recorded)).assert_outcomes(passed=3)
+    second = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
+    for key in ("score", "n", "n_errored", "metrics", "by"):
+        assert second[key] == first[key], key
+    assert (len(ace.policy.requests), len(ace.grader.requests)) == asked[:2]  # nothing new asked of either
+    assert second["selection"]["replay"] == str(recorded)

@@ -308,3 +308,16 @@ def test_a_missing_variable_is_an_error_not_a_verdict() -> None:
         PROMPT.render({"question": "q"})
     system, user = JudgePrompt("p", "1", "Cost: $$5", "Say $word").render({"word": "hi"})
     assert system == "Cost: $5" and user == "Say hi"
+
+
+def test_a_fallback_cache_is_read_after_this_one_and_a_hit_there_is_copied_here(tmp_path) -> None:
+    from metis_pytest.judge.cache import JudgeCache
+
+    key = "a" * 64
+    recorded = JudgeCache(tmp_path / "recorded")
+    recorded.put(key, {"verdict": {"passes": True}})
+    cache = JudgeCache(tmp_path / "new", fallbacks=(tmp_path / "recorded", tmp_path / "absent"))
+    assert cache.get("b" * 64) is None
+    assert cache.get(key)["verdict"] == {"passes": True}
+    assert (tmp_path / "new" / f"{key}.json").exists()  # this run's folder now holds what it used
+    assert JudgeCache(tmp_path / "new").get(key)["verdict"] == {"passes": True}

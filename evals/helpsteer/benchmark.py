@@ -32,6 +32,11 @@ OPTIONS = (
     Option("--helpsteer-generations", "helpsteer_generations",
            "Folder of generations, one <model>.jsonl per policy ({prompt_id, prompt, response} lines): "
            "scored instead of asking the models.", affects="rollout"),
+    Option("--helpsteer-armorm", "helpsteer_armorm",
+           "Also rate each response with ArmoRM's HelpSteer heads (metrics armorm_<attribute>; needs torch, "
+           "transformers and a GPU).", default=False, kind="bool", affects="scoring"),
+    Option("--helpsteer-armorm-device", "helpsteer_armorm_device", "The torch device ArmoRM runs on.",
+           default="cuda", affects="environment"),
 )
 MARGIN_OPTIONS = (
     Option("--helpsteer-attribute", "helpsteer_attribute",

@@ -65,3 +65,42 @@ def test_margin_check_accuracy_and_threshold(pytester: pytest.Pytester, run_eval
     assert s["score"] == pytest.approx(expected) and s["n"] == 8
     assert any("no EOS token appended" in note for note in s["notes"])  # --helpsteer-eos-token not given
     assert all("</s>" not in body["prompt"] for body in server.bodies)
+
+
+ARMORM_STUB = """
+import evals.helpsteer.armorm as armorm
+
+class StubArmoRM:
+    '''ArmoRM's output shape ([batch, 19] rewards) through the real head mapping; no torch, no weights.'''
+    loaded = []
+
+    def __init__(self, device="cuda", model_id=armorm.MODEL_ID):
+        StubArmoRM.loaded.append(device)
+
+    def rate(self, prompt, response):
+        heads = [0.7, 0.5, 0.9, 0.3, 0.1 if len(response) < 10 else 0.9]
+        return armorm.helpsteer_ratings([heads + [0.0] * 14])[0]
+
+armorm.ArmoRM = StubArmoRM
+"""
+
+
+def test_armorm_ratings_join_the_judges_when_asked(pytester: pytest.Pytester, run_eval, scripted_llm_factory) -> None:
+    sample = shared_file("helpsteer", "helpsteer2_sample70.jsonl")
+    prompts = list(islice(unique_prompts(load(sample)), 2))
+    gens = pytester.path / "gens"
+    gens.mkdir()
+    (gens / "w1.jsonl").write_text("".join(json.dumps({"prompt_id": prompt_id(p), "prompt": p,
+                                                       "response": "More detail here."}) + "\n" for p in prompts))
+    judge = scripted_llm_factory(default=ratings)
+    pytester.makeconftest(ARMORM_STUB)
+    pytester.makepyfile(test_eval="from evals.helpsteer.test_helpsteer import test_helpsteer  # noqa: F401\n")
+    result = run_eval("--dataset", str(sample), "--max-rows", "2", "--backend", "openai",
+                      "--api-base", "http://127.0.0.1:9/v1", "--model", "w1", "--helpsteer-generations", str(gens),
+                      "--judge-model", "judge", "--judge-backend", "openai", "--judge-api-base", judge.base_url,
+                      "--helpsteer-armorm", "--helpsteer-armorm-device", "cpu")
+    result.assert_outcomes(passed=1)
+    s = json.loads((run_eval.out / "helpsteer" / "w1" / "summary.json").read_text())
+    assert s["metrics"]["armorm_verbosity"]["mean"] == pytest.approx(0.9 * 5 - 0.5)
+    assert s["metrics"]["armorm_helpfulness"]["mean"] == pytest.approx(0.7 * 5 - 0.5)
+    assert s["metrics"]["verbosity"]["mean"] == 4.0  # the judge's ratings are still there

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from metis_pytest.cli import main as metis_main
 from metis_pytest.options import MetisConfig
 from metis_pytest.store.runs import slug
 from metis_pytest.testing import ScriptedServer
+from tests.offline import closure, no_network, raw
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "datasets" / "gsm8k_smoke.jsonl"
@@ -130,39 +130,6 @@ def test_the_exact_vllm_command() -> None:
 
 
 # ----------------------------------------------------------------------------- the Modal objects, offline
-
-
-@contextmanager
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Any connection other than a unix socket raises (and is recorded)."""
-    attempts: list[object] = []
-    real_connect = socket.socket.connect
-
-    def connect(self: socket.socket, address: Any) -> Any:
-        if self.family == getattr(socket, "AF_UNIX", object()):
-            return real_connect(self, address)
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(socket.socket, "connect", connect)
-        patch.setattr(socket, "create_connection", create_connection)
-        yield attempts
-
-
-def raw(obj: Any) -> Any:
-    from modal._utils.async_utils import synchronizer
-
-    return synchronizer._translate_in(obj)
-
-
-def closure(fn: Any) -> dict[str, Any]:
-    load = raw(fn)._load
-    return dict(zip(load.__code__.co_freevars, (c.cell_contents for c in load.__closure__)))
 
 
 def image_commands(image: Any, version: str = "2025.06") -> list[str]:

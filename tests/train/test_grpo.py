@@ -7,7 +7,6 @@ import importlib.util
 import json
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from metis_pytest.train.grpo import (
     override_key,
     verl_command,
 )
+from tests.offline import no_network, raw
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = Path("/pkg/metis_pytest")
@@ -258,28 +258,6 @@ def test_the_readme_shows_the_commands_verl_command_builds() -> None:
 # ----------------------------------------------------------------------------- the Modal app, offline
 
 
-@contextmanager
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Any connection other than a unix socket raises (and is recorded)."""
-    attempts: list[object] = []
-    real_connect = socket.socket.connect
-
-    def connect(self: socket.socket, address: Any) -> Any:
-        if self.family == getattr(socket, "AF_UNIX", object()):
-            return real_connect(self, address)
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(socket.socket, "connect", connect)
-        patch.setattr(socket, "create_connection", create_connection)
-        yield attempts
-
-
 @pytest.fixture
 def modal_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``metis_pytest.train.grpo_modal`` imported afresh with the network blocked."""
@@ -292,12 +270,6 @@ def modal_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     sys.modules.pop(MODAL_APP, None)
     if saved is not None:
         sys.modules[MODAL_APP] = saved
-
-
-def raw(obj: Any) -> Any:
-    from modal._utils.async_utils import synchronizer
-
-    return synchronizer._translate_in(obj)
 
 
 def layers(image: Any, version: str = "2025.06") -> list[tuple[list[str], list[tuple[Path, str]]]]:

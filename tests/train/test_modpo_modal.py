@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,31 +16,10 @@ import pytest
 from metis_pytest.train.modpo.config import ModpoConfig
 from metis_pytest.train.modpo.launch import ModpoLaunch, fetch_command, modal_command
 from metis_pytest.train.modpo.stages import RunReport, StageFailed
+from tests.offline import no_network, raw
 
 REPO = Path(__file__).resolve().parents[2]
 MODAL_APP = "metis_pytest.train.modpo.modal_app"
-
-
-@contextmanager
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Any connection other than a unix socket raises (and is recorded)."""
-    attempts: list[object] = []
-    real_connect = socket.socket.connect
-
-    def connect(self: socket.socket, address: Any) -> Any:
-        if self.family == getattr(socket, "AF_UNIX", object()):
-            return real_connect(self, address)
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        attempts.append(address)
-        raise OSError(f"network blocked in this test: {address!r}")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(socket.socket, "connect", connect)
-        patch.setattr(socket, "create_connection", create_connection)
-        yield attempts
 
 
 @pytest.fixture
@@ -56,12 +34,6 @@ def modal_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     sys.modules.pop(MODAL_APP, None)
     if saved is not None:
         sys.modules[MODAL_APP] = saved
-
-
-def raw(obj: Any) -> Any:
-    from modal._utils.async_utils import synchronizer
-
-    return synchronizer._translate_in(obj)
 
 
 def layers(image: Any, version: str = "2025.06") -> list[tuple[list[str], list[str]]]:

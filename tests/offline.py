@@ -1,0 +1,45 @@
+"""Helpers for tests that build Modal objects offline: the network blocked, and modal's lazy objects read."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+
+@contextmanager
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Any connection other than a unix socket raises (and is recorded in the yielded list)."""
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family == getattr(socket, "AF_UNIX", object()):
+            return real_connect(self, address)
+        attempts.append(address)
+        raise OSError(f"network blocked in this test: {address!r}")
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        attempts.append(address)
+        raise OSError(f"network blocked in this test: {address!r}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket, "create_connection", create_connection)
+        yield attempts
+
+
+def raw(obj: Any) -> Any:
+    """The implementation object behind one of modal's synchronized wrappers (modal 1.6.4's internals)."""
+    from modal._utils.async_utils import synchronizer
+
+    return synchronizer._translate_in(obj)
+
+
+def closure(fn: Any) -> dict[str, Any]:
+    """The variables a lazy modal object's ``_load`` closes over (how it was defined), by name."""
+    load = raw(fn)._load
+    return dict(zip(load.__code__.co_freevars, (c.cell_contents for c in load.__closure__)))

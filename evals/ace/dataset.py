@@ -121,20 +121,11 @@ _HURDLE_VALUES: Mapping[str, bool] = {"Hurdle": True, "Not": False}
 _GROUNDING_VALUES: Mapping[str, bool] = {"Grounded": True, "Not Grounded": False}
 _SHOP_VS_PRODUCT_VALUES: tuple[str, ...] = ("Product", "Shop")
 
-# Characters str.splitlines() breaks on; escaped so every DatasetError message is one line.
-_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _CSV_LINE_BREAK_RE = re.compile(rb"\r\n|\r|\n")
-
-
-def _one_line(message: str) -> str:
-    return "".join(ascii(char)[1:-1] if char in _LINE_BREAKS else char for char in message)
 
 
 class DatasetError(HarnessDatasetError):
     """A file, record or row that cannot be turned into ACE tasks. The message is always one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(str(message)))
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,6 @@ DEFAULT_SOURCE: str = "hf"
 _HF_INSTALL_HINT = HF_INSTALL_HINT
 
 
-# Characters str.splitlines() breaks on; escaped so every DatasetError message is one line.
-_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 # A full commit sha: already a pin, recorded as is without asking the Hub.
 _COMMIT_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
 # Hub revisions resolved in this process (requested revision -> commit sha), so the rows and the
@@ -78,18 +76,11 @@ _COMMIT_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
 _RESOLVED_REVISIONS: dict[str, str] = {}
 
 
-def _one_line(message: str) -> str:
-    return "".join(ascii(char)[1:-1] if char in _LINE_BREAKS else char for char in message)
-
-
 class DatasetError(HarnessDatasetError):
     """A dataset file or record that cannot be turned into GSM8K rows.
 
     The message is always one line: line breaks in it (from a path or a value) are escaped.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(str(message)))
 
 
 def to_row(

@@ -76,19 +76,11 @@ _HF_ALIASES: dict[str, str] = {"hf": "nvidia/HelpSteer",
                                **{name: name for name in HF_DATASETS},
                                **{f"hf:{name}": name for name in HF_DATASETS}}
 _COMMIT_SHA_RE = re.compile(r"[0-9a-fA-F]{40}")
-_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 _RESOLVED: dict[tuple[str, str], str] = {}
-
-
-def _one_line(message: str) -> str:
-    return "".join(ascii(char)[1:-1] if char in _LINE_BREAKS else char for char in message)
 
 
 class DatasetError(HarnessDatasetError):
     """A HelpSteer file or record that cannot be read; the message is one line naming file, line, field."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(str(message)))
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import aiohttp
 from yarl import URL
 
 from metis_pytest.backends.base import ModelTarget
-from metis_pytest.rollout.http import RETRYABLE_STATUS, RequestFailed, RetryPolicy
+from metis_pytest.rollout.http import RequestFailed, RetryPolicy, post_json
 
 __all__ = [
     "MODPO_PROMPT_TEMPLATE",
@@ -154,40 +154,13 @@ async def echo_logprobs(http: aiohttp.ClientSession, target: ModelTarget, text: 
                         policy: RetryPolicy) -> EchoedTokens:
     """Prompt-token logprobs of ``text`` from ``target``'s ``/completions``, retried as the rollout
     transport retries (HTTP 408/409/425/429/5xx, timeouts, broken connections; ``Retry-After``)."""
-    url = URL(f"{(target.api_base or '').rstrip('/')}/completions")
-    headers = {"Content-Type": "application/json"}
-    key = target.api_key()
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-        url = url.with_user(None)
     payload = {"model": target.request_model, "prompt": text, "echo": True, "logprobs": 1, "max_tokens": 1,
                "temperature": 0}
-    where = f"{target.request_model} at {url.origin()}"
+    where = f"{target.request_model} at {URL(target.api_base or '').origin()}"
     attempt = 0
     while True:
         try:
-            try:
-                async with http.post(url, json=payload, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=policy.timeout)) as resp:
-                    body_text = await resp.text()
-                    if resp.status != 200:
-                        retry_after = resp.headers.get("Retry-After")
-                        raise RequestFailed(f"HTTP {resp.status} from {where}: {body_text[:300]}",
-                                            retryable=resp.status in RETRYABLE_STATUS, status=resp.status,
-                                            retry_after=float(retry_after) if retry_after and
-                                            retry_after.replace(".", "", 1).isdigit() else None)
-            except asyncio.TimeoutError:
-                raise RequestFailed(f"{where}: timed out after {policy.timeout:g}s", retryable=True) from None
-            except aiohttp.ClientConnectorError as exc:
-                raise RequestFailed(f"cannot connect to {url.origin()}: {exc.os_error}", retryable=True,
-                                    unreachable=True) from None
-            except aiohttp.ClientError as exc:
-                raise RequestFailed(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
-            try:
-                body = json.loads(body_text)
-            except ValueError:
-                raise RequestFailed(f"{where}: malformed completion (not JSON): {body_text[:200]!r}",
-                                    retryable=True, status=200) from None
+            body = await post_json(http, target, "completions", payload, policy.timeout)
             return parse_echo(body, where)
         except RequestFailed as exc:
             exc.attempts = attempt + 1

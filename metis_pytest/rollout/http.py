@@ -128,8 +128,15 @@ def parse_completion(body: Any) -> Completion:
 async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload: dict[str, Any],
                     timeout: float) -> Completion:
     """One POST to ``{api_base}/chat/completions``; raises :class:`RequestFailed` on any failure."""
+    return parse_completion(await post_json(session, target, "chat/completions", payload, timeout))
+
+
+async def post_json(session: aiohttp.ClientSession, target: ModelTarget, path: str, payload: dict[str, Any],
+                    timeout: float) -> Any:
+    """One POST of ``payload`` to ``{api_base}/{path}`` with the target's credentials; the parsed JSON
+    body of a 200, else :class:`RequestFailed` (retryable as the rollout transport decides)."""
     headers = {"Content-Type": "application/json", **target.auth_headers()}
-    url = URL(f"{(target.api_base or '').rstrip('/')}/chat/completions")
+    url = URL(f"{(target.api_base or '').rstrip('/')}/{path}")
     key = target.api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -154,7 +161,7 @@ async def post_chat(session: aiohttp.ClientSession, target: ModelTarget, payload
                             unreachable=True) from None
     except aiohttp.ClientError as exc:
         raise RequestFailed(f"connection error: {type(exc).__name__}: {exc}", retryable=True) from None
-    return parse_completion(body)
+    return body
 
 
 async def litellm_chat(target: ModelTarget, public: dict[str, Any], messages: list[dict[str, Any]],

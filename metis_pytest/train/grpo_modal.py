@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 
 import modal
 
+from metis_pytest.train import modal_project
 from metis_pytest.train.grpo import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_VOLUME,
@@ -55,19 +56,15 @@ from metis_pytest.train.grpo import (
     fetch_command,
     verl_command,
 )
+from metis_pytest.train.modal_project import REMOTE_PROJECT, TIMEOUT_S
 
-__all__ = ["APP_NAME", "IGNORE", "PROJECT_DIRS", "PROJECT_FILES", "VERL_REQUIREMENT", "app", "build_image",
+__all__ = ["APP_NAME", "VERL_REQUIREMENT", "app", "build_image",
            "configured", "main", "project_root", "train", "upload_data"]
 
 APP_NAME = "metis-grpo"
 PYTHON_VERSION = "3.12"  # verl 0.9.1 wants >=3.10,<3.13
 VERL_REQUIREMENT = "verl[vllm]==0.9.1"  # the version pyproject's `verl` extra pins; the extra adds vLLM's pins
-REMOTE_PROJECT = "/opt/metis"
 CONSTRAINTS = "/opt/verl-constraints.txt"
-PROJECT_FILES = ("pyproject.toml", "README.md")
-PROJECT_DIRS = ("metis_pytest", "evals")
-IGNORE = ["**/__pycache__", "**/*.pyc", "**/*.egg-info", "**/.env", "**/.env.*", "**/.pytest_cache"]
-TIMEOUT_S = 24 * 60 * 60  # Modal's longest function timeout
 DEFAULT_GPU = GrpoConfig(benchmark="gsm8k").gpu_spec
 RUN_RECORD = "metis_grpo.json"
 LATEST = "latest_checkpointed_iteration.txt"  # what verl writes beside its global_step_<N> folders
@@ -75,14 +72,7 @@ LATEST = "latest_checkpointed_iteration.txt"  # what verl writes beside its glob
 
 def project_root() -> Path | None:
     """The source checkout this module is in (``None`` inside a Modal container, where it is installed)."""
-    if not modal.is_local():
-        return None
-    root = Path(__file__).resolve().parents[2]
-    missing = [name for name in (*PROJECT_FILES, *PROJECT_DIRS) if not (root / name).exists()]
-    if missing:
-        raise RuntimeError(f"metis train grpo builds its image from a source checkout of metis-pytest; {root} "
-                           f"lacks {', '.join(missing)}")
-    return root
+    return modal_project.project_root("metis train grpo")
 
 
 def build_image(root: Path | None) -> modal.Image:
@@ -90,11 +80,7 @@ def build_image(root: Path | None) -> modal.Image:
     image = modal.Image.debian_slim(python_version=PYTHON_VERSION).uv_pip_install(VERL_REQUIREMENT)
     if root is None:
         return image
-    for name in PROJECT_FILES:
-        image = image.add_local_file(root / name, f"{REMOTE_PROJECT}/{name}", copy=True)
-    for name in PROJECT_DIRS:
-        image = image.add_local_dir(root / name, f"{REMOTE_PROJECT}/{name}", copy=True, ignore=IGNORE)
-    return image.run_commands(
+    return modal_project.add_project(image, root).run_commands(
         f"pip freeze > {CONSTRAINTS}",
         f"pip install --no-cache-dir --constraint {CONSTRAINTS} {REMOTE_PROJECT}",
     ).env({"HF_HOME": HF_CACHE_MOUNT, "PYTHONUNBUFFERED": "1"})

@@ -28,6 +28,8 @@ from typing import Any
 
 import modal
 
+from metis_pytest.train import modal_project
+from metis_pytest.train.modal_project import REMOTE_PROJECT, TIMEOUT_S
 from metis_pytest.train.modpo.launch import (
     HF_CACHE_MOUNT,
     HF_CACHE_VOLUME,
@@ -41,23 +43,11 @@ __all__ = ["APP_NAME", "app", "build_image", "configured", "main", "project_root
 
 APP_NAME = "metis-modpo"
 PYTHON_VERSION = "3.12"
-REMOTE_PROJECT = "/opt/metis"
-PROJECT_FILES = ("pyproject.toml", "README.md")  # what the image copies, as metis_pytest.train.grpo_modal
-PROJECT_DIRS = ("metis_pytest", "evals")
-IGNORE = ["**/__pycache__", "**/*.pyc", "**/*.egg-info", "**/.env", "**/.env.*", "**/.pytest_cache"]
-TIMEOUT_S = 24 * 60 * 60
 
 
 def project_root() -> Path | None:
     """The source checkout this module is in (``None`` inside a Modal container, where it is installed)."""
-    if not modal.is_local():
-        return None
-    root = Path(__file__).resolve().parents[3]
-    missing = [name for name in (*PROJECT_FILES, *PROJECT_DIRS) if not (root / name).exists()]
-    if missing:
-        raise RuntimeError(f"metis train modpo --modal builds its image from a source checkout of metis-pytest; "
-                           f"{root} lacks {', '.join(missing)}")
-    return root
+    return modal_project.project_root("metis train modpo --modal")
 
 
 def build_image(root: Path | None) -> modal.Image:
@@ -65,11 +55,8 @@ def build_image(root: Path | None) -> modal.Image:
     image = modal.Image.debian_slim(python_version=PYTHON_VERSION)
     if root is None:
         return image
-    for name in PROJECT_FILES:
-        image = image.add_local_file(root / name, f"{REMOTE_PROJECT}/{name}", copy=True)
-    for name in PROJECT_DIRS:
-        image = image.add_local_dir(root / name, f"{REMOTE_PROJECT}/{name}", copy=True, ignore=IGNORE)
-    return image.run_commands(f"pip install --no-cache-dir '{REMOTE_PROJECT}[train,hf]'").env(
+    install = f"pip install --no-cache-dir '{REMOTE_PROJECT}[train,hf]'"
+    return modal_project.add_project(image, root).run_commands(install).env(
         {"HF_HOME": HF_CACHE_MOUNT, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 

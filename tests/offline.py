@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -43,3 +45,17 @@ def closure(fn: Any) -> dict[str, Any]:
     """The variables a lazy modal object's ``_load`` closes over (how it was defined), by name."""
     load = raw(fn)._load
     return dict(zip(load.__code__.co_freevars, (c.cell_contents for c in load.__closure__)))
+
+
+@contextmanager
+def imported_offline(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[Any]:
+    """Module ``name`` imported afresh with the network blocked; asserts it tried no connection, and
+    puts back whatever copy was imported before."""
+    pytest.importorskip("modal")
+    saved = sys.modules.pop(name, None)
+    with no_network(monkeypatch) as attempts:
+        yield importlib.import_module(name)
+    assert attempts == []
+    sys.modules.pop(name, None)
+    if saved is not None:
+        sys.modules[name] = saved

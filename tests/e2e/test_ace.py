@@ -117,16 +117,21 @@ def test_ace_with_a_domain_filter_and_the_metis_semantics(ace) -> None:
 PUBLIC = "http://93.184.216.34"  # a public address literal: passes the URL check with no DNS here
 
 
-def test_a_live_run_records_its_web_and_the_replay_scores_the_same(ace, fake_searchapi, fake_jina, tmp_path) -> None:
+def live_web(ace, fake_searchapi, fake_jina) -> None:
+    """The demo's answers on a public address, served by the SearchAPI and Jina fakes; the agent links there."""
     for _, url, _ in ANSWERS.values():
         path = url.split("/", 3)[3]
         fake_jina.script({f"{PUBLIC}/{path}": {"title": path, "content": f"Everything the task asks for. {path}"}})
     fake_searchapi.script({query: [{"title": "hit", "link": f"{PUBLIC}/{url.split('/', 3)[3]}", "snippet": "s"}]
                            for query, url, _ in ANSWERS.values()})
-    ANSWERS_LIVE = {k: (q, f"{PUBLIC}/{u.split('/', 3)[3]}", a.replace(u, f"{PUBLIC}/{u.split('/', 3)[3]}"))
-                    for k, (q, u, a) in ANSWERS.items()}
+    live = {k: (q, f"{PUBLIC}/{u.split('/', 3)[3]}", a.replace(u, f"{PUBLIC}/{u.split('/', 3)[3]}"))
+            for k, (q, u, a) in ANSWERS.items()}
+    ace.policy.script(default=lambda body: agent(body, live))
+
+
+def test_a_live_run_records_its_web_and_the_replay_scores_the_same(ace, fake_searchapi, fake_jina, tmp_path) -> None:
+    live_web(ace, fake_searchapi, fake_jina)
     snapshot = tmp_path / "web.json"
-    ace.policy.script(default=lambda body: agent(body, ANSWERS_LIVE))
     live = ("--ace-snapshot", str(snapshot), "--searchapi-url", fake_searchapi.base_url, "--jina-url", fake_jina.base_url)
     ace(*live).assert_outcomes(passed=3)
     first = json.loads((ace.out / "ace" / "agent" / "summary.json").read_text())
@@ -205,14 +210,7 @@ def test_ep_logs_shows_each_task_with_its_criteria(ace, run_eval, tmp_path) -> N
 def test_replaying_a_live_run_reuses_its_web_and_its_judges_verdicts(ace, fake_searchapi, fake_jina, tmp_path,
                                                                      monkeypatch) -> None:
     """--replay of a recorded live run: no agent, no search, no page fetch and no judge call; the same scores."""
-    for _, url, _ in ANSWERS.values():
-        path = url.split("/", 3)[3]
-        fake_jina.script({f"{PUBLIC}/{path}": {"title": path, "content": f"Everything the task asks for. {path}"}})
-    fake_searchapi.script({query: [{"title": "hit", "link": f"{PUBLIC}/{url.split('/', 3)[3]}", "snippet": "s"}]
-                           for query, url, _ in ANSWERS.values()})
-    live_answers = {k: (q, f"{PUBLIC}/{u.split('/', 3)[3]}", a.replace(u, f"{PUBLIC}/{u.split('/', 3)[3]}"))
-                    for k, (q, u, a) in ANSWERS.items()}
-    ace.policy.script(default=lambda body: agent(body, live_answers))
+    live_web(ace, fake_searchapi, fake_jina)
     endpoints = ("--searchapi-url", fake_searchapi.base_url, "--jina-url", fake_jina.base_url)
     ace("--ace-snapshot", "", *endpoints).assert_outcomes(passed=3)  # the default: <out>/ace/snapshot.json
     recorded = tmp_path / "recorded"

@@ -32,7 +32,7 @@ from metis_pytest.train.grpo import (
     override_key,
     verl_command,
 )
-from tests.offline import no_network, raw
+from tests.offline import imported_offline, no_network, raw
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = Path("/pkg/metis_pytest")
@@ -261,15 +261,8 @@ def test_the_readme_shows_the_commands_verl_command_builds() -> None:
 @pytest.fixture
 def modal_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``metis_pytest.train.grpo_modal`` imported afresh with the network blocked."""
-    pytest.importorskip("modal")
-    saved = sys.modules.pop(MODAL_APP, None)
-    with no_network(monkeypatch) as attempts:
-        module = importlib.import_module(MODAL_APP)
+    with imported_offline(monkeypatch, MODAL_APP) as module:
         yield module
-    assert attempts == []
-    sys.modules.pop(MODAL_APP, None)
-    if saved is not None:
-        sys.modules[MODAL_APP] = saved
 
 
 def layers(image: Any, version: str = "2025.06") -> list[tuple[list[str], list[tuple[Path, str]]]]:

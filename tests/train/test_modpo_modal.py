@@ -3,9 +3,7 @@ container function with fakes for the volume and the pipeline."""
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +14,7 @@ import pytest
 from metis_pytest.train.modpo.config import ModpoConfig
 from metis_pytest.train.modpo.launch import ModpoLaunch, fetch_command, modal_command
 from metis_pytest.train.modpo.stages import RunReport, StageFailed
-from tests.offline import no_network, raw
+from tests.offline import imported_offline, raw
 
 REPO = Path(__file__).resolve().parents[2]
 MODAL_APP = "metis_pytest.train.modpo.modal_app"
@@ -25,15 +23,8 @@ MODAL_APP = "metis_pytest.train.modpo.modal_app"
 @pytest.fixture
 def modal_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The app module imported afresh with the network blocked."""
-    pytest.importorskip("modal")
-    saved = sys.modules.pop(MODAL_APP, None)
-    with no_network(monkeypatch) as attempts:
-        module = importlib.import_module(MODAL_APP)
+    with imported_offline(monkeypatch, MODAL_APP) as module:
         yield module
-    assert attempts == []
-    sys.modules.pop(MODAL_APP, None)
-    if saved is not None:
-        sys.modules[MODAL_APP] = saved
 
 
 def layers(image: Any, version: str = "2025.06") -> list[tuple[list[str], list[str]]]:

@@ -16,6 +16,9 @@
                                  # SFT -> DPO margin adapter -> check -> MODPO per w -> generate -> score
     metis serve modal Qwen/Qwen3-8B
                                  # deploy vLLM on Modal for --backend modal (or a checkpoint: volume:VOL/PATH)
+    metis run modal --secret openai-secret -- evals/gsm8k --model openai/gpt-4o-mini
+                                 # pytest in a Modal container; its run folder on the volume metis-runs
+    metis fetch modal RUN [DEST] # that run folder, back here
 
 The weights are cached in $XDG_CACHE_HOME/metis (else ~/.cache/metis); --cache-dir DIR picks another folder.
 """
@@ -194,11 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
     _add_data(sub)
     _add_rescore_and_report(sub)
-    from metis_pytest.backends.modal_cli import add_serve
+    from metis_pytest.backends.modal_cli import add_run, add_serve
     from metis_pytest.train.cli import add_train
 
     add_train(sub)
     add_serve(sub)
+    add_run(sub)
     return parser
 
 

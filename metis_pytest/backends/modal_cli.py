@@ -9,6 +9,10 @@ It deploys :func:`metis_pytest.backends.modal_app.build_app` as ``metis-vllm-<mo
 ``--wait``, waits for their ``/health``. ``pytest --backend modal --model MODEL`` then finds the
 deployed app by that name and never stops it; ``modal app stop <name>`` does. A deployed app scales
 to zero when idle unless ``--min-containers`` keeps replicas warm (each one holds its GPUs).
+
+``metis run modal [--secret NAME]... [--name RUN] -- <pytest args>`` runs an evaluation in a Modal
+container with its run folder on the volume ``metis-runs``; ``metis fetch modal RUN [DEST]`` brings that
+folder back (:mod:`metis_pytest.backends.modal_run`, registered by :func:`add_run`).
 """
 
 from __future__ import annotations
@@ -90,4 +94,123 @@ def run_serve_modal(args: argparse.Namespace) -> int:
     shards = f" --shards {spec.replicas}" if spec.replicas > 1 else ""
     print(f"use it: pytest evals/gsm8k --backend modal --model {shlex.quote(args.model)}{shards}")
     print(f"stop it: modal app stop {spec.app_name}")
+    return 0
+
+
+def add_run(sub: Any) -> None:
+    """Register ``metis run modal`` and ``metis fetch modal`` on the top-level subparsers."""
+    from metis_pytest.backends.modal_run import DEFAULT_CPU, DEFAULT_TIMEOUT_S, VOLUME
+
+    run = sub.add_parser("run", help="run a pytest evaluation elsewhere (in a Modal container)")
+    run_sub = run.add_subparsers(dest="run_command", required=True)
+    modal = run_sub.add_parser(
+        "modal", help=f"pytest in a Modal CPU container; the run folder goes to the volume {VOLUME}",
+        description="Run `python -m pytest <pytest args> --output-dir <run folder>` in a Modal container built "
+                    f"from this checkout; the run folder is /<name> in the volume {VOLUME}. "
+                    "Decisions: metis_pytest/backends/modal_run.py.",
+        epilog="Arguments after -- go to pytest, e.g. -- evals/gsm8k --model openai/gpt-4o-mini -n 2")
+    modal.add_argument("--secret", action="append", default=[], metavar="NAME",
+                       help="a Modal secret whose variables the run reads (API keys), repeatable")
+    modal.add_argument("--name", default=None, metavar="RUN",
+                       help="the run folder's name in the volume (default: run-<UTC time>); a used name adds to it")
+    modal.add_argument("--cpu", type=float, default=DEFAULT_CPU, metavar="N",
+                       help=f"CPUs of the container (default {DEFAULT_CPU:g})")
+    modal.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, metavar="S",
+                       help=f"seconds before Modal stops the container (default {DEFAULT_TIMEOUT_S})")
+    modal.add_argument("--detach", action="store_true", help="keep the run going after this command exits")
+    modal.add_argument("--dry-run", action="store_true", help="print the modal and pytest commands; run nothing")
+    modal.set_defaults(func=run_modal_run, pytest_args=[])
+
+    fetch = sub.add_parser("fetch", help="bring a run folder back from where it ran (a Modal volume)")
+    fetch_sub = fetch.add_subparsers(dest="fetch_command", required=True)
+    get = fetch_sub.add_parser(
+        "modal", help=f"download run folder RUN from the volume {VOLUME}",
+        description=f"Download /RUN of the volume {VOLUME} (what `metis run modal --name RUN` wrote) into DEST.")
+    get.add_argument("run", metavar="RUN", help="the run's name (printed by `metis run modal`)")
+    get.add_argument("dest", nargs="?", default=None, metavar="DEST", help="where to write it (default: ./RUN)")
+    get.add_argument("--force", action="store_true", help="write into a non-empty DEST, replacing its files")
+    get.set_defaults(func=run_fetch_modal)
+
+
+def _check_secrets(names: tuple[str, ...]) -> str | None:
+    """Why one of the named Modal secrets cannot be had (``None`` when all are there)."""
+    import modal
+    from modal.exception import NotFoundError
+
+    from metis_pytest.backends.modal_run import missing_secret
+
+    for name in names:
+        try:
+            modal.Secret.from_name(name).hydrate()
+        except NotFoundError:
+            return missing_secret(name)
+    return None
+
+
+def run_modal_run(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from metis_pytest.backends import modal_run as mr
+    from metis_pytest.backends import modal_vllm
+    from metis_pytest.store.runs import git_info
+
+    source = git_info(Path(mr.__file__).resolve().parents[2])  # the checkout the image is built from
+    try:
+        launch = mr.RunLaunch(name=args.name or mr.default_name(), pytest_args=tuple(args.pytest_args),
+                              secrets=tuple(args.secret), cpu=args.cpu, timeout=args.timeout, detach=args.detach,
+                              git_commit=source["commit"], git_dirty=source["dirty"])
+    except ValueError as exc:
+        print(f"metis run modal: {exc}", file=sys.stderr)
+        return 2
+    command = mr.modal_command(launch, modal=(sys.executable, "-m", "modal"))
+    where = [f"run folder: /{launch.name} in volume {mr.VOLUME} (copied there from the container's disk when pytest "
+             f"ends); cpu {launch.cpu:g}, timeout {launch.timeout}s; secrets (Modal secret names): "
+             f"{', '.join(launch.secrets) or 'none'}",
+             f"fetch it: metis fetch modal {launch.name}   (or: {shlex.join(mr.fetch_command(launch.name))})"]
+    if args.dry_run:
+        print("# modal, here:")
+        print(shlex.join(command))
+        print(f"# pytest, in the container (in {mr.CHECKOUT}, the checkout copied into the image):")
+        print(shlex.join(mr.pytest_command(launch.pytest_args, f"{mr.SCRATCH}/{launch.name}")))
+        for line in where:
+            print(f"# {line}")
+        return 0
+    try:
+        modal_vllm.require_modal_token()
+    except modal_vllm.ModalServeError as exc:
+        print(f"metis run modal: {exc}", file=sys.stderr)
+        return 2
+    missing = _check_secrets(launch.secrets)
+    if missing:
+        print(f"metis run modal: {missing}", file=sys.stderr)
+        return 2
+    for line in where:
+        print(line, flush=True)
+    return subprocess.call(command)
+
+
+def run_fetch_modal(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from typing import cast
+
+    from metis_pytest.backends import modal_run as mr
+    from metis_pytest.backends import modal_vllm
+
+    try:
+        modal_vllm.require_modal_token()
+    except modal_vllm.ModalServeError as exc:
+        print(f"metis fetch modal: {exc}", file=sys.stderr)
+        return 2
+    import modal
+
+    dest = Path(args.dest) if args.dest else Path(args.run)
+    volume = cast(mr.RunsVolume, modal.Volume.from_name(mr.VOLUME))  # its blocking listdir/read_file
+    try:
+        count = mr.fetch_run(volume, args.run, dest, force=args.force)
+    except (mr.FetchError, ValueError) as exc:
+        print(f"metis fetch modal: {exc}", file=sys.stderr)
+        return 1
+    print(f"{count} files of /{args.run} (volume {mr.VOLUME}) -> {dest}")
+    print(f"show it: metis show {shlex.quote(str(dest))}; Eval Protocol's store: HOME={shlex.quote(str(dest))} ep logs")
     return 0

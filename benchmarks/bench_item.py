@@ -217,11 +217,11 @@ def run_ep_stock(args: argparse.Namespace, run_dir: Path, data: Path, mpl_dir: P
     """Eval Protocol's ``evaluation_test`` + ``SingleTurnRolloutProcessor`` as one pytest item, no Metis plugin."""
     home, counts = run_dir / "home", run_dir / "counts.json"
     home.mkdir(parents=True)
-    params = {"model": bench_rollout.MODEL, "api_base": url, "api_key": bench_rollout.EP_API_KEY,
-              "temperature": 0.0, "max_tokens": ITEM_MAX_TOKENS}
+    params = {"model": bench_rollout.MODEL, "api_base": url, "temperature": 0.0, "max_tokens": ITEM_MAX_TOKENS}
     (run_dir / "test_ep_stock.py").write_text(EP_STOCK_TEST.format(
         counts=str(counts), data=str(data), params=params, concurrency=args.concurrency))
     env = pytest_env(home, mpl_dir, pythonpath=[REPO, BENCHMARKS])
+    env["OPENAI_API_KEY"] = bench_rollout.EP_API_KEY  # the environment, never the completion params
     result = run_pytest(["test_ep_stock.py", "-p", "no:metis"], run_dir, env, run_dir / "junit.xml",
                         run_timeout_s(args))
     if counts.is_file():

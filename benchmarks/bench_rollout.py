@@ -50,7 +50,7 @@ WIRE_MODEL = "scripted"
 MAX_TOKENS = 64
 REPLY = "<answer>42</answer>"
 EXPECTED_ANSWER = "42"
-EP_API_KEY = "sk-bench-not-secret"
+EP_API_KEY = "sk-bench-not-secret"  # OPENAI_API_KEY of the ep-stock variants (a loopback server)
 RESULT_PREFIX = "BENCH_RESULT "
 TARGET_METIS_OVER_BARE = 1.3
 TARGET_EP_OVER_METIS = 5.0
@@ -169,8 +169,10 @@ async def run_metis(args: argparse.Namespace, rows: list[Any], counts: dict[str,
 async def run_ep_stock(args: argparse.Namespace, rows: list[Any], counts: dict[str, int]) -> float:
     from eval_protocol.pytest.default_single_turn_rollout_process import SingleTurnRolloutProcessor
 
-    params = {"model": MODEL, "api_base": args.url, "api_key": EP_API_KEY, "temperature": 0.0,
-              "max_tokens": MAX_TOKENS}
+    # LiteLLM's OpenAI client wants a key even for a loopback server: from the environment, never in
+    # completion params (which go into test ids, logs and Eval Protocol's store).
+    os.environ.setdefault("OPENAI_API_KEY", EP_API_KEY)
+    params = {"model": MODEL, "api_base": args.url, "temperature": 0.0, "max_tokens": MAX_TOKENS}
     return await time_processor(SingleTurnRolloutProcessor(), params, args, rows, counts)
 
 

@@ -41,6 +41,8 @@ from eval_protocol.pytest.evaluation_test import evaluation_test as _ep_evaluati
 
 from metis_pytest import session as metis_session
 from metis_pytest.conversation import dump_messages, last_assistant_text
+from metis_pytest.ep_store import write_rows
+from metis_pytest.item import ItemRunner
 from metis_pytest.registry import Benchmark, register_benchmark, score_row
 from metis_pytest.rollout.base import StoredCompletion, processor_factory, run_index
 from metis_pytest.store.runs import RowRecord, RunConditions
@@ -49,6 +51,8 @@ __all__ = ["Benchmark", "evaluation_test", "last_assistant_text", "score_row", "
            "CoalescingLogger", "judge_target", "item_shard"]
 
 RowFunction = Callable[[EvaluationRow], Any]
+# The ``@evaluation_test`` options the Metis item runner implements; others run Eval Protocol's wrapper.
+RUNNER_OPTIONS = frozenset({"passed_threshold"})
 # What a processor leaves in ``execution_metadata.extra`` that the record keeps (and restores on resume).
 KEPT_METADATA = ("resumed_from", "replayed_from", "attempts", "param_mapping", "agent")
 
@@ -58,7 +62,8 @@ class CoalescingLogger(DatasetLogger):
 
     Eval Protocol logs every row at each step (queued, rolled out, scored, aggregated): four SQLite
     upserts plus four event-bus writes per row, 1-3 ms each, which cost more than the rollouts
-    themselves on a fast server. This keeps the latest state of each row. While an item runs it
+    themselves on a fast server. This keeps the latest state of each row and writes them in batches
+    (:func:`metis_pytest.ep_store.write_rows`). While an item runs it
     writes the rows that are *done* (scored or errored) once ``interval`` has passed since the last
     write, and at least twice as long as that write took, so writing never takes more than a third
     of the time; at the end of every evaluation item (:func:`flush_ep_logs`) it writes every row in
@@ -88,8 +93,7 @@ class CoalescingLogger(DatasetLogger):
                 del self._pending[key]
         else:
             ready, self._pending = self._pending, {}
-        for row in ready.values():
-            self.inner.log(row)
+        write_rows(self.inner, list(ready.values()))
         took = time.monotonic() - start
         self._due = start + took + max(self.interval, 2 * took)
 
@@ -222,25 +226,32 @@ def _shards(bench: Benchmark, session: metis_session.MetisSession) -> list[tuple
 
 
 def _rows_loader(bench: Benchmark, shard_id: str, shard: dict[str, Any]) -> Callable[[], list[EvaluationRow]]:
-    def load_rows() -> list[EvaluationRow]:
+    """The item's data loader: copies of the shard's rows for Eval Protocol's wrapper; ``.select()``, the
+    session's own rows (which :class:`~metis_pytest.item.ItemRunner` copies once per run itself)."""
+
+    def select() -> list[EvaluationRow]:
         session = metis_session.current()
         rows = session.rows(bench)
         if session.cfg.max_rows:
             rows = rows[: session.cfg.max_rows]
+        return [row for row in rows
+                if all((row.input_metadata.dataset_info or {}).get(a) == v for a, v in shard.items() if a != "run")]
+
+    def load_rows() -> list[EvaluationRow]:
         out = []
-        for row in rows:
-            info = row.input_metadata.dataset_info or {}
-            if all(info.get(a) == v for a, v in shard.items() if a != "run"):
-                # Eval Protocol deep-copies every row per run; before that it only sets fields of the
-                # metadata objects, so copying those two keeps the session's rows pristine.
-                meta = row.execution_metadata.model_copy()
-                if "run" in shard:
-                    meta.extra = {**(meta.extra or {}), "run_index": shard["run"]}
-                out.append(row.model_copy(update={"input_metadata": row.input_metadata.model_copy(),
-                                                  "execution_metadata": meta}))
+        for row in select():
+            # Eval Protocol deep-copies every row per run; before that it only sets fields of the
+            # metadata objects, so copying those two keeps the session's rows pristine.
+            meta = row.execution_metadata.model_copy()
+            if "run" in shard:
+                meta.extra = {**(meta.extra or {}), "run_index": shard["run"]}
+            out.append(row.model_copy(update={"input_metadata": row.input_metadata.model_copy(),
+                                              "execution_metadata": meta}))
         return out
 
     load_rows.__name__ = f"{bench.name}_{shard_id or 'rows'}"
+    load_rows.select = select  # type: ignore[attr-defined]
+    load_rows.first_run = shard.get("run", 0)  # type: ignore[attr-defined]
     return load_rows
 
 
@@ -306,6 +317,12 @@ def evaluation_test(bench: Benchmark, *, processor: str | None = None, **ep_kwar
         )
         options.update(ep_kwargs)
         wrapped = _ep_evaluation_test(**options)(row_function)
+        ep_params = wrapped.__ep_params__  # what Eval Protocol made of the options (its EP_* overrides applied)
+        if set(ep_kwargs) <= RUNNER_OPTIONS:
+            wrapped = _metis_item(wrapped, ItemRunner(
+                name=fn.__name__, description=fn.__doc__, rollout=rollout, row_function=row_function,
+                logger=ep_logger, num_runs=ep_params.num_runs, concurrency=ep_params.max_concurrent_rollouts,
+                threshold=ep_params.passed_threshold), bench)
         # Eval Protocol's combinations: completion params outer, data loaders inner.
         ids = [f"{label}-{sid}" if sid else label for label in cfg.models for sid, _ in shards]
         _set_item_ids(wrapped, ids)
@@ -317,6 +334,22 @@ def evaluation_test(bench: Benchmark, *, processor: str | None = None, **ep_kwar
         return wrapped
 
     return decorate
+
+
+def _metis_item(ep_wrapped: Any, runner: ItemRunner, bench: Benchmark) -> Any:
+    """The function pytest runs for the item: Eval Protocol's object (its marks, signature, ``__ep_params__``
+    and direct call on a row), whose pytest call runs :class:`~metis_pytest.item.ItemRunner`."""
+
+    async def item(*args: Any, **kwargs: Any) -> Any:
+        if args or "data_loaders" not in kwargs:  # called on a row (or rows): Eval Protocol's direct call
+            return await ep_wrapped(*args, **kwargs)
+        params = kwargs.get("completion_params") or {}
+        label = metis_session.current().conditions(bench, params).model
+        await runner(params, kwargs["data_loaders"], f"{bench.name} [{label}]")
+
+    functools.update_wrapper(item, ep_wrapped)
+    item.__metis_runner__ = runner  # type: ignore[attr-defined]
+    return item
 
 
 def item_shard(item: pytest.Item) -> dict[str, Any]:

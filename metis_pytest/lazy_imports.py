@@ -55,7 +55,9 @@ def _load(module: LazyModule, state: dict[str, Any]) -> None:
     if state["path"] is not None:
         d["__path__"] = state["path"]
     try:
-        spec.loader.exec_module(module)
+        with warnings.catch_warnings():  # its import's own warnings (pydantic, asyncio) are not the caller's
+            warnings.simplefilter("ignore")
+            spec.loader.exec_module(module)
     except BaseException:
         if sys.modules.get(module.__name__) is module:  # as a failed import: the next one starts afresh
             del sys.modules[module.__name__]
@@ -87,15 +89,12 @@ def defer(name: str) -> bool:
 def load_now(name: str) -> bool:
     """Run a deferred module's code now; False if it is not deferred (any more).
 
-    The plugin calls it once a process has collected evaluation items: Eval Protocol's wrapper imports
-    LiteLLM in every item anyway, so it is loaded before the first item starts, as it was without
-    deferral, and the warnings LiteLLM's import raises stay out of the item's report as they did then."""
+    The plugin calls it once a process has collected an evaluation item that runs Eval Protocol's
+    wrapper (which imports LiteLLM in every item), so it is loaded before the first item starts."""
     module = sys.modules.get(name)
     if not isinstance(module, LazyModule):
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        getattr(module, "__path__", None)  # absent until loaded: reading it loads
+    getattr(module, "__path__", None)  # absent until loaded: reading it loads
     return True
 
 

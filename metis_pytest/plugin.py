@@ -194,11 +194,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
     metis = metis_session.current()
     benches = {}
+    wrapped_by_ep = False
     for item in session.items:
         bench = item_benchmark(item)
         if bench is not None and not item.get_closest_marker("skip"):
             benches[bench.name] = bench
-    if benches and not session.config.option.collectonly:
+            wrapped_by_ep |= getattr(getattr(item, "obj", None), "__metis_runner__", None) is None
+    if wrapped_by_ep and not session.config.option.collectonly:
         from metis_pytest import lazy_imports
 
         for name in lazy_imports.DEFERRED:  # Eval Protocol's wrapper would import it in the first item

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import struct
@@ -53,7 +54,7 @@ def test_the_table_has_a_row_per_model_run_and_group(tmp_path: Path, capsys: pyt
     run_a, run_b = tmp_path / "runs-a", tmp_path / "runs-b"
     record(run_a, "s1", FOUR)
     record(run_b, "s2", {"a": (1.0, "food")})
-    plain = RunConditions(**{**vars(TOY), "benchmark": "plain", "model": "m2", "benchmark_version": "1.0"})
+    plain = dataclasses.replace(TOY, benchmark="plain", model="m2", benchmark_version="1.0")
     record(run_b, "s2", {"x": (1.0, None), "y": (0.0, None)}, cond=plain)
     out = tmp_path / "report"
     assert main(["report", str(run_a), str(run_b), "--out", str(out)]) == 0

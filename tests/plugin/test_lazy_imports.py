@@ -135,16 +135,51 @@ def test_a_process_without_evaluations_never_loads_litellm(pytester: pytest.Pyte
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_a_process_with_evaluation_items_loads_litellm_before_its_first_item(pytester: pytest.Pytester) -> None:
+def _replay_args() -> list[str]:
+    recorded = REPO / "baselines" / "gsm8k" / "recorded" / "scripted-mix"
+    return ["-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", "--replay", str(recorded),
+            "--model", "scripted-mix", "--dataset", str(REPO / "datasets" / "gsm8k_smoke.jsonl"), "--output-dir", "out"]
+
+
+def test_an_evaluation_on_the_metis_item_runner_never_loads_litellm_unless_a_rollout_uses_it(
+        pytester: pytest.Pytester) -> None:
+    """The replay, like the OpenAI wire, never calls LiteLLM: its process never runs LiteLLM's import."""
+    pytester.makeconftest("""
+        from metis_pytest.lazy_imports import is_loaded
+
+        def pytest_runtest_setup(item):
+            assert not is_loaded("litellm")
+
+        def pytest_runtest_teardown(item):
+            assert not is_loaded("litellm")
+    """)
+    pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n")
+    result = pytester.runpytest_subprocess(*_replay_args(), timeout=180)
+    result.assert_outcomes(passed=1)
+
+
+def test_an_evaluation_on_eval_protocols_wrapper_loads_litellm_before_its_first_item(pytester: pytest.Pytester) -> None:
+    """An ``@evaluation_test`` given an Eval Protocol option the Metis runner does not implement runs Eval
+    Protocol's wrapper, which imports LiteLLM in every item: loaded at collection, outside the item."""
     pytester.makeconftest("""
         from metis_pytest.lazy_imports import is_loaded
 
         def pytest_runtest_setup(item):
             assert is_loaded("litellm")
     """)
-    pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n")
-    recorded = REPO / "baselines" / "gsm8k" / "recorded" / "scripted-mix"
-    result = pytester.runpytest_subprocess(
-        "-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", "--replay", str(recorded), "--model", "scripted-mix",
-        "--dataset", str(REPO / "datasets" / "gsm8k_smoke.jsonl"), "--output-dir", "out", timeout=180)
-    result.assert_outcomes(passed=1)
+    pytester.makepyfile(test_eval="""
+        from eval_protocol.models import EvaluationRow
+
+        from evals.gsm8k.benchmark import BENCHMARK
+        from metis_pytest.ep import evaluation_test, score_row
+
+        @evaluation_test(BENCHMARK, max_concurrent_evaluations=4)
+        def test_gsm8k_on_eps_wrapper(row: EvaluationRow) -> EvaluationRow:
+            row.evaluation_result = score_row(BENCHMARK, row).to_evaluate_result()
+            return row
+
+        def test_it_is_eval_protocols_own_item():
+            assert getattr(test_gsm8k_on_eps_wrapper, "__metis_runner__", None) is None
+    """)
+    result = pytester.runpytest_subprocess(*_replay_args(), timeout=180)
+    result.assert_outcomes(passed=2)

@@ -41,7 +41,7 @@ from eval_protocol.pytest.evaluation_test import evaluation_test as _ep_evaluati
 
 from metis_pytest import session as metis_session
 from metis_pytest.conversation import dump_messages, last_assistant_text
-from metis_pytest.ep_store import write_rows
+from metis_pytest.ep_store import drain, write_rows
 from metis_pytest.item import ItemRunner
 from metis_pytest.registry import Benchmark, register_benchmark, score_row
 from metis_pytest.rollout.base import StoredCompletion, processor_factory, run_index
@@ -63,7 +63,7 @@ class CoalescingLogger(DatasetLogger):
     Eval Protocol logs every row at each step (queued, rolled out, scored, aggregated): four SQLite
     upserts plus four event-bus writes per row, 1-3 ms each, which cost more than the rollouts
     themselves on a fast server. This keeps the latest state of each row and writes them in batches
-    (:func:`metis_pytest.ep_store.write_rows`). While an item runs it
+    (:func:`metis_pytest.ep_store.write_rows`, on its background writer: an item does not wait for them). While an item runs it
     writes the rows that are *done* (scored or errored) once ``interval`` has passed since the last
     write, and at least twice as long as that write took, so writing never takes more than a third
     of the time; at the end of every evaluation item (:func:`flush_ep_logs`) it writes every row in
@@ -93,12 +93,13 @@ class CoalescingLogger(DatasetLogger):
                 del self._pending[key]
         else:
             ready, self._pending = self._pending, {}
-        write_rows(self.inner, list(ready.values()))
+        write_rows(self.inner, list(ready.values()), behind=True)
         took = time.monotonic() - start
         self._due = start + took + max(self.interval, 2 * took)
 
     def read(self, rollout_id: str | None = None) -> list[EvaluationRow]:
         self.flush()
+        drain()
         return self.inner.read(rollout_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from eval_protocol.event_bus.sqlite_event_bus import SqliteEventBus
 from eval_protocol.models import EvaluateResult, EvaluationRow, Message
 
 from metis_pytest import ep_store
+from metis_pytest.ep import CoalescingLogger
 from tests.plugin.test_ep_adapter import Recorder
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rows(n: int, answer: str = "42") -> list[EvaluationRow]:
@@ -74,3 +78,57 @@ def test_another_logger_is_written_row_by_row() -> None:
     inner = Recorder()
     ep_store.write_rows(inner, rows(3))
     assert [w[0] for w in inner.writes] == ["rollout-0", "rollout-1", "rollout-2"]
+
+
+def test_behind_the_caller_rows_land_in_order_and_drain_waits_for_them(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    logger, _ = store
+    gate = threading.Event()
+    real = ep_store._store
+
+    def held(*args: Any) -> None:
+        assert gate.wait(30)
+        real(*args)
+
+    monkeypatch.setattr(ep_store, "_store", held)
+    ep_store.write_rows(logger, rows(3, answer="1"), behind=True)  # returns while the writer is held
+    ep_store.write_rows(logger, rows(3, answer="2"), behind=True)
+    assert logger.read() == []
+    threading.Timer(0.2, gate.set).start()
+    assert ep_store.drain() == []
+    assert {m.content for r in logger.read() for m in r.messages if m.role == "assistant"} == {"<answer>2</answer>"}
+
+
+def test_a_write_that_fails_behind_the_caller_is_reported_by_drain(store, monkeypatch: pytest.MonkeyPatch) -> None:
+    logger, _ = store
+
+    def broken(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ep_store, "_store", broken)
+    ep_store.write_rows(logger, rows(2), behind=True)
+    assert ep_store.drain() == ["Eval Protocol's store: a batch of rows was not written: OSError: disk full"]
+    assert ep_store.drain() == []
+
+
+def test_reading_through_the_coalescing_logger_waits_for_the_writes_behind_it(store) -> None:
+    logger, _ = store
+    coalescing = CoalescingLogger(logger, interval=60.0)
+    for r in rows(4):
+        coalescing.log(r)
+    assert len(coalescing.read()) == 4
+
+
+def test_rows_the_store_did_not_take_are_named_at_the_end_of_the_session(pytester: pytest.Pytester,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ep_store, "_store", broken)
+    monkeypatch.setenv("HOME", str(pytester.path / "home"))
+    pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n")
+    recorded = REPO / "baselines" / "gsm8k" / "recorded" / "scripted-mix"
+    result = pytester.runpytest("-p", "no:cacheprovider", "--replay", str(recorded), "--model", "scripted-mix",
+                                "--dataset", str(REPO / "datasets" / "gsm8k_smoke.jsonl"), "--output-dir", "out")
+    result.assert_outcomes(passed=1)  # the item and the run store do not depend on Eval Protocol's store
+    result.stdout.fnmatch_lines(["WARNING: Eval Protocol's store: a batch of rows was not written: OSError: disk full "
+                                 "(the run store has them; `ep logs` will not show them)"])

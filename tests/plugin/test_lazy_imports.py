@@ -183,3 +183,21 @@ def test_an_evaluation_on_eval_protocols_wrapper_loads_litellm_before_its_first_
     """)
     result = pytester.runpytest_subprocess(*_replay_args(), timeout=180)
     result.assert_outcomes(passed=2)
+
+
+def test_a_session_with_evaluation_items_freezes_what_it_collected_and_a_plain_one_does_not(
+        pytester: pytest.Pytester) -> None:
+    """The collector never walks the session's long-lived objects during an item (``gc.freeze``)."""
+    pytester.makeconftest("""
+        import gc
+
+        def pytest_runtest_setup(item):
+            frozen = gc.get_freeze_count() > 0
+            assert frozen == (item.name != "test_plain"), (item.name, gc.get_freeze_count())
+    """)
+    pytester.makepyfile(test_eval="from evals.gsm8k.test_gsm8k import test_gsm8k  # noqa: F401\n",
+                        test_plain="def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess(*_replay_args(), "test_eval.py", timeout=180)
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_plain.py", timeout=180)
+    result.assert_outcomes(passed=1)

@@ -212,6 +212,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             metis.rows(bench)
         except DATA_ERRORS as exc:
             metis.data_problems.setdefault(bench.name, f"{bench.name}: {exc}")
+        if metis.replay_source is not None:  # the recorded completions are the replay's data: read with it
+            try:
+                for label in metis.cfg.models:
+                    metis.replay_source.load(bench.name, label)
+            except (OSError, ValueError) as exc:
+                metis.data_problems.setdefault(bench.name, f"{bench.name}: --replay: {exc}")
     if metis.data_problems and not metis.shared_runtimes:
         raise pytest.UsageError("\n".join(metis.data_problems.values()))
     if benches and not session.config.option.collectonly and not gc.get_freeze_count():

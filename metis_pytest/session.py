@@ -255,14 +255,22 @@ class RecordedRun:
             return None
         return load_conditions(folder, key)
 
-    def take(self, cond: RunConditions, row_id: str, run_index: int) -> RowRecord | None:
-        key = (cond.benchmark, cond.model)
+    def load(self, benchmark: str, model: str) -> None:
+        """Read the recorded completions of (benchmark, model) now (the plugin does, with the rows)."""
         with self._lock:
-            if key not in self._rows:
-                path = self.model_dir(*key) / "rows.jsonl"
-                records = read_records(path) if path.is_file() else []
-                self._rows[key] = {r.key: r for r in records if r.has_completion}
-            return self._rows[key].pop((row_id, run_index), None)
+            self._records(benchmark, model)
+
+    def take(self, cond: RunConditions, row_id: str, run_index: int) -> RowRecord | None:
+        with self._lock:
+            return self._records(cond.benchmark, cond.model).pop((row_id, run_index), None)
+
+    def _records(self, benchmark: str, model: str) -> dict[tuple[str, int], RowRecord]:
+        key = (benchmark, model)
+        if key not in self._rows:
+            path = self.model_dir(*key) / "rows.jsonl"
+            records = read_records(path) if path.is_file() else []
+            self._rows[key] = {r.key: r for r in records if r.has_completion}
+        return self._rows[key]
 
 
 def new_session_id() -> str:

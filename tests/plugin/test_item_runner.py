@@ -55,6 +55,15 @@ class Echo:
         pass
 
 
+@pytest.fixture(autouse=True)
+def _no_ep_logs_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner hands Eval Protocol each invocation's `ep logs` links to print at the session's end:
+    not this test session's."""
+    import eval_protocol.utils.show_results_url as links
+
+    monkeypatch.setattr(links, "store_local_ui_results_url", lambda invocation_id: None)
+
+
 def source_rows(n: int) -> list[EvaluationRow]:
     return [EvaluationRow(messages=[Message(role="user", content=f"q{i}")], ground_truth=str(i)) for i in range(n)]
 

@@ -81,13 +81,46 @@ def test_an_imported_or_absent_module_is_left_alone(pkgdir) -> None:
     assert lazy_imports.defer("no_such_module_metis") is False and "no_such_module_metis" not in sys.modules
 
 
+def test_a_package_deferred_submodules_first_imports_them_without_its_init(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eval Protocol's case: a submodule imports without the package's ``__init__``; the ``__init__``'s own
+    names win over the submodules imported meanwhile (``tool`` the function, not the module ``tool``), and
+    a class it gives the package itself (Eval Protocol's ``__version__`` property) stays."""
+    pkg = tmp_path / "shadowpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import pathlib, sys
+        pathlib.Path(__file__).with_name("ran.txt").write_text("ran")
+        from shadowpkg.tool import tool
+        _me = sys.modules[__name__]
+        _me.__class__ = type("module", (type(_me),), {"version": property(lambda self: "1.2")})
+    """))
+    (pkg / "tool.py").write_text("def tool():\n    return 'the function'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert lazy_imports.defer("shadowpkg", submodules_first=True) is True
+        import shadowpkg.tool
+
+        assert not (pkg / "ran.txt").exists() and not lazy_imports.is_loaded("shadowpkg")
+        assert shadowpkg.version == "1.2"  # a name it does not hold: its __init__ runs now
+        assert (pkg / "ran.txt").exists() and lazy_imports.is_loaded("shadowpkg")
+        assert shadowpkg.tool() == "the function"
+        with pytest.raises(AttributeError):
+            shadowpkg.nothing_here  # noqa: B018
+    finally:
+        for name in [n for n in sys.modules if n == "shadowpkg" or n.startswith("shadowpkg.")]:
+            del sys.modules[name]
+
+
 SCRIPT = """
 import metis_pytest.lazy_imports as lz
 import eval_protocol.pytest, metis_pytest.ep
 from eval_protocol.models import EvaluationRow
 assert not lz.is_loaded("litellm"), "Eval Protocol's import ran LiteLLM"
+assert not lz.is_loaded("eval_protocol"), "importing its submodules ran Eval Protocol's __init__"
 import litellm
-assert litellm.disable_add_transform_inline_image_block is True   # Eval Protocol's flag survives the load
+assert litellm.disable_add_transform_inline_image_block is True   # Eval Protocol's __init__ ran first
+assert lz.is_loaded("eval_protocol") and eval_protocol.__version__
 from litellm import get_optional_params
 assert callable(litellm.acompletion) and lz.is_loaded("litellm")
 print("ok")
@@ -104,9 +137,9 @@ def test_as_a_pytest_plugin_it_loads_before_eval_protocols(pytester: pytest.Pyte
     pytester.makepyfile(test_trivial="""
         from metis_pytest.lazy_imports import is_loaded
 
-        def test_nothing_ran_litellm():
+        def test_nothing_ran_litellm_or_eval_protocols_init():
             import eval_protocol  # Eval Protocol's auto-loaded plugin imported it already
-            assert not is_loaded("litellm")
+            assert not is_loaded("litellm") and not is_loaded("eval_protocol")
     """)
     result = pytester.runpytest_subprocess("-p", "metis_pytest.lazy_imports", "-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=1)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import socket
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +64,27 @@ def imported_offline(monkeypatch: pytest.MonkeyPatch, name: str) -> Iterator[Any
     sys.modules.pop(name, None)
     if saved is not None:
         sys.modules[name] = saved
+
+
+NO_NETWORK_PREAMBLE = """
+import socket
+attempts = []
+def blocked(*args, **kwargs):
+    attempts.append(args[1:] or args)
+    raise OSError("blocked")
+socket.socket.connect = blocked
+socket.create_connection = blocked
+"""
+
+
+def run_offline(body: str, tmp_path: Path, cwd: Path) -> dict[str, Any]:
+    """``body`` run in a fresh interpreter with every socket blocked (the attempts counted in ``attempts``),
+    no ``MODAL_*`` variables, ``HOME`` in ``tmp_path`` and an empty Modal config there; the JSON object its
+    last line prints."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "modal.toml"))
+    script = NO_NETWORK_PREAMBLE + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])

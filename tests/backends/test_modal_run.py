@@ -14,7 +14,6 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from metis_pytest.cli import main as metis_main
 from metis_pytest.store.runs import git_info
 from metis_pytest.testing import ScriptedServer
 from tests.e2e.conftest import SMOKE, ep_store_text, last_user, read_jsonl, smoke_golds
-from tests.offline import closure, imported_offline, no_network, raw
+from tests.offline import closure, imported_offline, no_network, raw, run_offline
 
 REPO = Path(__file__).resolve().parents[2]
 APP_MODULE = "metis_pytest.backends.modal_run_app"
@@ -95,14 +94,8 @@ def test_a_run_gets_its_cpus_timeout_and_secrets_by_name(app_module: Any) -> Non
 
 def test_with_an_empty_modal_config_nothing_connects_and_both_commands_say_how_to_log_in(tmp_path: Path) -> None:
     pytest.importorskip("modal")
-    script = textwrap.dedent("""
-        import contextlib, io, json, socket
-        attempts = []
-        def blocked(*args, **kwargs):
-            attempts.append(args[1:] or args)
-            raise OSError("blocked")
-        socket.socket.connect = blocked
-        socket.create_connection = blocked
+    out = run_offline("""
+        import contextlib, io, json
         import metis_pytest.backends.modal_run_app
         from metis_pytest.cli import main
         codes, err = [], io.StringIO()
@@ -110,13 +103,7 @@ def test_with_an_empty_modal_config_nothing_connects_and_both_commands_say_how_t
             codes.append(main(["run", "modal", "--secret", "openai-secret", "--", "evals/gsm8k"]))
             codes.append(main(["fetch", "modal", "some-run"]))
         print(json.dumps({"codes": codes, "err": err.getvalue(), "attempts": len(attempts)}))
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
-    env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "modal.toml"))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    """, tmp_path, cwd=tmp_path)
     assert out["codes"] == [2, 2] and out["attempts"] == 0
     assert out["err"].count("no Modal token: run `modal setup`") == 2 and "MODAL_TOKEN_ID" in out["err"]
     assert not (tmp_path / "some-run").exists()

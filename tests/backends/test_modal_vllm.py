@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from metis_pytest.cli import main as metis_main
 from metis_pytest.options import MetisConfig
 from metis_pytest.store.runs import slug
 from metis_pytest.testing import ScriptedServer
-from tests.offline import closure, no_network, raw
+from tests.offline import closure, no_network, raw, run_offline
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "datasets" / "gsm8k_smoke.jsonl"
@@ -196,14 +195,8 @@ def test_with_an_empty_modal_config_nothing_connects_and_the_error_says_how_to_l
     """A fresh interpreter, HOME and MODAL_CONFIG_PATH in tmp, every socket blocked: the app builds, and
     launching stops at the missing token before any connection."""
     pytest.importorskip("modal")
-    script = textwrap.dedent("""
-        import json, socket
-        attempts = []
-        def blocked(*args, **kwargs):
-            attempts.append(args[1:] or args)
-            raise OSError("blocked")
-        socket.socket.connect = blocked
-        socket.create_connection = blocked
+    out = run_offline("""
+        import json
         from metis_pytest.backends.modal_app import build_app
         from metis_pytest.backends.modal_vllm import ModalLauncher, ModalServeError, ServeSpec
         spec = ServeSpec(model="Qwen/Qwen3-8B", replicas=2)
@@ -213,12 +206,7 @@ def test_with_an_empty_modal_config_nothing_connects_and_the_error_says_how_to_l
         except ModalServeError as exc:
             error = str(exc)
         print(json.dumps({"app": app.name, "n": len(functions), "error": error, "attempts": len(attempts)}))
-    """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
-    env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "modal.toml"))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    """, tmp_path, cwd=REPO)
     assert out["app"] == "metis-vllm-qwen-qwen3-8b" and out["n"] == 2 and out["attempts"] == 0
     assert "no Modal token: run `modal setup`" in out["error"] and "MODAL_TOKEN_ID" in out["error"]
 

@@ -223,7 +223,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if benches and not session.config.option.collectonly and not gc.get_freeze_count():
         # Everything alive now (modules, Eval Protocol's models, the rows) lives to the end of the
         # session: out of the collector's reach, a full collection during an item does not walk it
-        # (about 0.1-0.3 s of a 1,319-row item, benchmarks/README.md). Unfrozen at the session's end.
+        # (about 0.1-0.3 s of a 1,319-row item: README, "Speed"). Unfrozen at the end of the session.
         gc.freeze()
         session.config.stash[_FROZE] = True
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "benchmarks"
 
@@ -92,3 +94,14 @@ def test_bench_item_structure(tmp_path: Path) -> None:
     for key in ("item_over_bare_met", "replay_rows_per_s_met", "trivial_default_minus_bare_met",
                 "trivial_lazy_minus_bare_met"):
         assert isinstance(ratios[key], bool), key
+
+
+def test_bench_row_costs_structure(tmp_path: Path) -> None:
+    """Every piece of a row's work is timed and summed, and the PNG is written; no timing is checked."""
+    run_script("bench_row_costs.py", "--rows", "24", "--repeats", "1", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "row_costs.json").read_text())
+    pieces = ("conversation", "scorer", "evaluate_result", "record", "ep_json", "run_copy", "task")
+    assert set(report["us_per_row"]) == set(pieces) and all(v > 0 for v in report["us_per_row"].values())
+    assert report["sum_us_per_row"] == pytest.approx(sum(report["us_per_row"].values()))
+    assert report["max_rows_per_s"] == pytest.approx(1e6 / report["sum_us_per_row"])
+    assert (tmp_path / "row_costs.png").stat().st_size > 0

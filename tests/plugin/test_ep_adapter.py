@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from eval_protocol.dataset_logger.dataset_logger import DatasetLogger
 from eval_protocol.models import EvaluateResult, EvaluationRow, Message
 
+from metis_pytest import ep as ep_module
 from metis_pytest.ep import CoalescingLogger, last_assistant_text
 
 
@@ -47,9 +49,12 @@ def done(r: EvaluationRow) -> EvaluationRow:
     return r
 
 
-def test_once_the_interval_has_passed_the_finished_rows_are_written() -> None:
+def test_once_the_interval_has_passed_the_finished_rows_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The readings: the first log; each later log, then its write's start and end (a write taking no time).
+    clock = iter([0, 10, 10, 10, 20, 20, 20] + [30] * 10)
+    monkeypatch.setattr(ep_module.time, "monotonic", lambda: next(clock))
     inner = Recorder()
-    logger = CoalescingLogger(inner, interval=0.0)
+    logger = CoalescingLogger(inner, interval=5.0)
     logger.log(row("queued"))  # the first log starts the clock
     logger.log(done(row("a")))
     logger.log(done(row("b")))

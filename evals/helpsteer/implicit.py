@@ -50,7 +50,7 @@ import aiohttp
 from yarl import URL
 
 from metis_pytest.backends.base import ModelTarget
-from metis_pytest.rollout.http import RequestFailed, RetryPolicy, post_json
+from metis_pytest.rollout.http import RequestFailed, RetryPolicy, post_json, retried
 
 __all__ = [
     "MODPO_PROMPT_TEMPLATE",
@@ -157,17 +157,12 @@ async def echo_logprobs(http: aiohttp.ClientSession, target: ModelTarget, text: 
     payload = {"model": target.request_model, "prompt": text, "echo": True, "logprobs": 1, "max_tokens": 1,
                "temperature": 0}
     where = f"{target.request_model} at {URL(target.api_base or '').origin()}"
-    attempt = 0
-    while True:
-        try:
-            body = await post_json(http, target, "completions", payload, policy.timeout)
-            return parse_echo(body, where)
-        except RequestFailed as exc:
-            exc.attempts = attempt + 1
-            if not exc.retryable or attempt >= policy.max_retries:
-                raise
-            await asyncio.sleep(policy.delay(attempt, exc.retry_after))
-            attempt += 1
+
+    async def once() -> EchoedTokens:
+        return parse_echo(await post_json(http, target, "completions", payload, policy.timeout), where)
+
+    echoed, _ = await retried(policy, once)
+    return echoed
 
 
 def response_logprob(prompt_only: EchoedTokens, full: EchoedTokens) -> ResponseLogprob:

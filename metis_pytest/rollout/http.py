@@ -21,15 +21,17 @@ import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 from yarl import URL
 
 from metis_pytest.backends.base import ModelTarget, provider_of
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +194,41 @@ async def complete(session: aiohttp.ClientSession | None, target: ModelTarget, p
     What the param mapping dropped or renamed (see :func:`map_params`) is put on the completion as
     ``extra["param_mapping"]``, so the row records it."""
     mapping = map_params(target, public) if target.openai_wire else None
+
+    async def once() -> Completion:
+        if mapping is not None:
+            assert session is not None
+            payload = build_payload(target, public, messages, tools, mapping=mapping)
+            completion = await post_chat(session, target, payload, policy.timeout)
+            if mapping.changed:
+                completion.extra["param_mapping"] = mapping.record()
+            return completion
+        return await litellm_chat(target, public, messages, tools, policy.timeout)
+
+    completion, attempts = await retried(policy, once)
+    completion.attempts = attempts
+    return completion
+
+
+class Retryable(Protocol):
+    """What :func:`retried` reads and sets on a failure (:class:`RequestFailed`, the tools' ``ToolError``)."""
+
+    retryable: bool
+    retry_after: float | None
+    attempts: int
+
+
+async def retried(policy: RetryPolicy, once: Callable[[], Awaitable[T]],
+                  failure: type[Exception] = RequestFailed) -> tuple[T, int]:
+    """``once()`` until it returns, again after ``policy``'s delay while it raises a retryable
+    ``failure`` (whose ``attempts`` it sets), up to ``policy.max_retries`` retries; what it returned
+    and the attempts it took."""
     attempt = 0
     while True:
         try:
-            if mapping is not None:
-                assert session is not None
-                payload = build_payload(target, public, messages, tools, mapping=mapping)
-                completion = await post_chat(session, target, payload, policy.timeout)
-                if mapping.changed:
-                    completion.extra["param_mapping"] = mapping.record()
-            else:
-                completion = await litellm_chat(target, public, messages, tools, policy.timeout)
-            completion.attempts = attempt + 1
-            return completion
-        except RequestFailed as exc:
+            return await once(), attempt + 1
+        except failure as raised:
+            exc = cast(Retryable, raised)
             exc.attempts = attempt + 1
             if not exc.retryable or attempt >= policy.max_retries:
                 raise

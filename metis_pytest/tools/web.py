@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from yarl import URL
 
-from metis_pytest.rollout.http import RETRYABLE_STATUS, RetryPolicy
+from metis_pytest.rollout.http import RETRYABLE_STATUS, RetryPolicy, retried
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -196,17 +196,12 @@ class _HTTPClient:
         return slot
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        tries = 0
-        while True:
-            try:
-                async with self._slot():
-                    return await attempt()
-            except ToolError as exc:
-                exc.attempts = tries + 1
-                if not exc.retryable or tries >= self.policy.max_retries:
-                    raise
-                await asyncio.sleep(self.policy.delay(tries, exc.retry_after))
-                tries += 1
+        async def slotted() -> T:
+            async with self._slot():
+                return await attempt()
+
+        result, _ = await retried(self.policy, slotted, ToolError)
+        return result
 
     async def _get(self, url: URL, *, params: Mapping[str, str] | None, headers: Mapping[str, str],
                    secret: str | None) -> tuple[int, str, str, Mapping[str, str]]:
